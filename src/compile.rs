@@ -1,0 +1,326 @@
+//! Compiling a definition: resolve the relation, key and parameter types through the catalogs,
+//! rewrite `$name` placeholders, build the keyset statements and let Postgres parse and plan
+//! them. `register` calls this to validate; a runner calls it to get the statements it executes.
+
+use pgrx::pg_sys::panic::CaughtError;
+use pgrx::prelude::*;
+use pgrx::PgSqlErrorCode;
+use serde_json::Value;
+
+use crate::action::{self, ActionKind};
+use crate::error::{DripError, DripResult};
+use crate::keyset::{self, BatchSql};
+use crate::params::{self, ParamDecl};
+use crate::pg::types::{self, ResolvedType};
+
+#[derive(Debug, Clone)]
+pub struct KeyColumn {
+    pub name: String,
+    pub type_oid: pg_sys::Oid,
+}
+
+/// Everything needed to execute batches of one definition.
+#[derive(Debug, Clone)]
+pub struct Compiled {
+    /// Schema-qualified, quoted relation name.
+    pub relation: String,
+    pub keys: Vec<KeyColumn>,
+    pub params: Vec<(ParamDecl, ResolvedType)>,
+    pub kind: ActionKind,
+    /// The action as stored (trailing semicolon removed).
+    pub action_text: String,
+    /// The scope with placeholders rewritten to positions, if any.
+    pub scope_sql: Option<String>,
+    pub sql: BatchSql,
+}
+
+/// The parts of a definition that compile needs.
+pub struct Source<'a> {
+    pub relation_oid: pg_sys::Oid,
+    pub action: &'a str,
+    pub scope: Option<&'a str>,
+    pub params: &'a Value,
+    pub key: Option<&'a [String]>,
+}
+
+struct RelationInfo {
+    kind: String,
+    persistence: String,
+    quoted: String,
+    display: String,
+}
+
+fn relation_info(oid: pg_sys::Oid) -> DripResult<RelationInfo> {
+    let row = Spi::connect(|c| {
+        let t = c.select(
+            "SELECT c.relkind::text, c.relpersistence::text, \
+                    quote_ident(n.nspname) || '.' || quote_ident(c.relname), c.oid::regclass::text \
+             FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
+             WHERE c.oid = $1",
+            None,
+            &[oid.into()],
+        )?;
+        let mut out = None;
+        for r in t {
+            out = Some((
+                r.get::<String>(1)?.unwrap_or_default(),
+                r.get::<String>(2)?.unwrap_or_default(),
+                r.get::<String>(3)?.unwrap_or_default(),
+                r.get::<String>(4)?.unwrap_or_default(),
+            ));
+        }
+        Ok::<_, pgrx::spi::SpiError>(out)
+    })?;
+    let (kind, persistence, quoted, display) = row.ok_or_else(|| DripError::BadSql {
+        what: "relation",
+        message: format!("relation with OID {} does not exist", oid.to_u32()),
+        sqlstate: PgSqlErrorCode::ERRCODE_UNDEFINED_TABLE,
+    })?;
+    Ok(RelationInfo {
+        kind,
+        persistence,
+        quoted,
+        display,
+    })
+}
+
+fn primary_key(oid: pg_sys::Oid) -> DripResult<Option<Vec<String>>> {
+    Ok(Spi::get_one_with_args::<Vec<String>>(
+        "SELECT array_agg(a.attname::text ORDER BY k.ord) \
+         FROM pg_catalog.pg_index i \
+         CROSS JOIN LATERAL unnest(i.indkey::int2[]) WITH ORDINALITY AS k(attnum, ord) \
+         JOIN pg_catalog.pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum \
+         WHERE i.indrelid = $1 AND i.indisprimary",
+        &[oid.into()],
+    )?)
+}
+
+/// Resolve key columns: (attnum, type, not null) for each name, in order.
+fn key_columns(
+    rel: &RelationInfo,
+    oid: pg_sys::Oid,
+    names: &[String],
+) -> DripResult<Vec<(i16, KeyColumn, bool)>> {
+    let mut out = Vec::new();
+    for name in names {
+        let row = Spi::get_three_with_args::<i16, pg_sys::Oid, bool>(
+            "SELECT a.attnum, a.atttypid, a.attnotnull FROM pg_catalog.pg_attribute a \
+             WHERE a.attrelid = $1 AND a.attname = $2 AND a.attnum > 0 AND NOT a.attisdropped",
+            &[oid.into(), name.as_str().into()],
+        );
+        match row {
+            Ok((Some(attnum), Some(typ), Some(notnull))) => out.push((
+                attnum,
+                KeyColumn {
+                    name: name.clone(),
+                    type_oid: typ,
+                },
+                notnull,
+            )),
+            Ok(_) | Err(pgrx::spi::SpiError::InvalidPosition) => {
+                return Err(DripError::UnknownKeyColumn {
+                    relation: rel.display.clone(),
+                    column: name.clone(),
+                })
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(out)
+}
+
+fn key_is_indexed(oid: pg_sys::Oid, attnums: &[i16]) -> DripResult<bool> {
+    Ok(Spi::get_one_with_args::<bool>(
+        "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_index i \
+           JOIN pg_catalog.pg_class ic ON ic.oid = i.indexrelid \
+           JOIN pg_catalog.pg_am am ON am.oid = ic.relam \
+          WHERE i.indrelid = $1 AND am.amname = 'btree' AND i.indpred IS NULL AND i.indisvalid \
+            AND (SELECT array_agg(k.attnum ORDER BY k.ord) FROM unnest(i.indkey::int2[]) \
+                   WITH ORDINALITY AS k(attnum, ord) WHERE k.ord <= $3) = $2)",
+        &[
+            oid.into(),
+            attnums.to_vec().into(),
+            (attnums.len() as i64).into(),
+        ],
+    )?
+    .unwrap_or(false))
+}
+
+fn quote_ident(name: &str) -> String {
+    pgrx::spi::quote_identifier(name)
+}
+
+/// Resolve, rewrite and build. Does not yet ask Postgres to parse the statements: see `validate`.
+pub fn compile(src: &Source) -> DripResult<Compiled> {
+    let rel = relation_info(src.relation_oid)?;
+    if !matches!(rel.kind.as_str(), "r" | "p") {
+        return Err(DripError::NotATable(rel.display));
+    }
+    if rel.persistence == "t" {
+        return Err(DripError::TemporaryTable(rel.display));
+    }
+
+    // Parameters, in positional order.
+    let decls = params::parse_declarations(src.params)?;
+    let mut resolved = Vec::with_capacity(decls.len());
+    for d in decls {
+        let t = types::resolve(&d.type_name).ok_or_else(|| DripError::UnknownParamType {
+            param: d.name.clone(),
+            type_name: d.type_name.clone(),
+        })?;
+        resolved.push((d, t));
+    }
+    let decls_only: Vec<ParamDecl> = resolved.iter().map(|(d, _)| d.clone()).collect();
+    let positions = params::positions(&decls_only);
+
+    // Key: explicit or the primary key; every column must exist, be NOT NULL and lead a btree.
+    let names: Vec<String> = match src.key {
+        Some(k) => {
+            let mut seen = std::collections::BTreeSet::new();
+            if k.is_empty() || !k.iter().all(|c| !c.is_empty() && seen.insert(c.clone())) {
+                return Err(DripError::BadKey);
+            }
+            k.to_vec()
+        }
+        None => primary_key(src.relation_oid)?
+            .ok_or_else(|| DripError::NoPrimaryKey(rel.display.clone()))?,
+    };
+    let cols = key_columns(&rel, src.relation_oid, &names)?;
+    let attnums: Vec<i16> = cols.iter().map(|(a, _, _)| *a).collect();
+    let key_list = names
+        .iter()
+        .map(|n| quote_ident(n))
+        .collect::<Vec<_>>()
+        .join(", ");
+    if !key_is_indexed(src.relation_oid, &attnums)? {
+        return Err(DripError::KeyNotIndexed {
+            relation: rel.display.clone(),
+            key: key_list,
+        });
+    }
+    if let Some((_, c, _)) = cols.iter().find(|(_, _, notnull)| !notnull) {
+        return Err(DripError::KeyNullable {
+            relation: rel.display.clone(),
+            column: c.name.clone(),
+        });
+    }
+    let keys: Vec<KeyColumn> = cols.into_iter().map(|(_, c, _)| c).collect();
+
+    // Scope and action: lex, check, rewrite placeholders.
+    let rewrite = |what: &'static str, f: &action::Fragment| -> DripResult<String> {
+        crate::placeholders::rewrite(&f.text, &f.scan, &positions).map_err(|unknown| {
+            DripError::UndeclaredParameter {
+                what,
+                name: unknown[0].clone(),
+            }
+        })
+    };
+    let scope = match src.scope.filter(|s| !s.trim().is_empty()) {
+        Some(s) => Some(rewrite("scope", &action::fragment("scope", s)?)?),
+        None => None,
+    };
+    let action_frag = action::fragment("action", src.action)?;
+    let kind = action::classify(&action_frag)?;
+    let action_sql = rewrite("action", &action_frag)?;
+    // The splice point of a WITH statement moved if placeholders before it were rewritten; they
+    // cannot be, since it is the first word, so the offset still holds.
+
+    let quoted_keys: Vec<String> = keys.iter().map(|k| quote_ident(&k.name)).collect();
+    let sql = keyset::build(&keyset::Spec {
+        relation: &rel.quoted,
+        keys: &quoted_keys,
+        n_params: resolved.len(),
+        scope: scope.as_deref(),
+        action: &action_sql,
+        kind: &kind,
+    });
+    Ok(Compiled {
+        relation: rel.quoted,
+        keys,
+        params: resolved,
+        kind,
+        action_text: action_frag.text,
+        scope_sql: scope,
+        sql,
+    })
+}
+
+impl Compiled {
+    /// Ask Postgres to parse, analyze and plan the scope, the work statement and the boundary
+    /// query, with the declared parameter types (values NULL). Nothing is executed.
+    pub fn validate(&self) -> DripResult<()> {
+        let null_params: Vec<pg_sys::Oid> = self.params.iter().map(|(_, t)| t.oid).collect();
+        let key_types: Vec<pg_sys::Oid> = self.keys.iter().map(|k| k.type_oid).collect();
+
+        if let Some(text) = &self.scope_sql {
+            explain(
+                "scope",
+                &format!("SELECT 1 FROM {} WHERE (\n{text}\n)", self.relation),
+                &null_params,
+            )?;
+        }
+        let mut work_types = null_params.clone();
+        work_types.extend(&key_types);
+        work_types.extend(&key_types);
+        explain("action", &self.sql.work_next, &work_types)?;
+        explain("action", &self.sql.work_first, &work_types)?;
+        let mut boundary_types = key_types.clone();
+        boundary_types.push(pg_sys::INT8OID);
+        explain("key", &self.sql.boundary_next, &boundary_types)?;
+        Ok(())
+    }
+}
+
+/// EXPLAIN `sql` with NULL arguments of the given types, turning any error into `BadSql`.
+fn explain(what: &'static str, sql: &str, arg_types: &[pg_sys::Oid]) -> DripResult<()> {
+    let stmt = format!("EXPLAIN {sql}");
+    PgTryBuilder::new(|| {
+        let args: Vec<pgrx::datum::DatumWithOid> = arg_types
+            .iter()
+            .map(|t| pgrx::datum::DatumWithOid::null_oid(*t))
+            .collect();
+        Spi::connect_mut(|c| c.update(stmt.as_str(), None, &args).map(|_| ()))
+            .map_err(DripError::from)
+    })
+    .catch_others(|e| match e {
+        CaughtError::PostgresError(r)
+        | CaughtError::ErrorReport(r)
+        | CaughtError::RustPanic { ereport: r, .. } => Err(DripError::BadSql {
+            what,
+            message: r.message().to_string(),
+            sqlstate: r.sql_error_code(),
+        }),
+    })
+    .execute()
+}
+
+/// The definition copy kept in `drip.runs.definition` (a `drip.backfills` row as JSON).
+#[derive(Debug, Clone, serde::Deserialize)]
+pub struct Definition {
+    pub name: String,
+    pub relation: String,
+    pub relation_oid: u32,
+    pub action: String,
+    pub scope: Option<String>,
+    #[serde(default)]
+    pub params: Value,
+    pub key: Vec<String>,
+    pub max_attempts: i32,
+}
+
+impl Definition {
+    pub fn from_json(v: &Value) -> DripResult<Definition> {
+        serde_json::from_value(v.clone())
+            .map_err(|e| DripError::Internal(format!("corrupt definition copy: {e}")))
+    }
+
+    pub fn compile(&self) -> DripResult<Compiled> {
+        compile(&Source {
+            relation_oid: pg_sys::Oid::from(self.relation_oid),
+            action: &self.action,
+            scope: self.scope.as_deref(),
+            params: &self.params,
+            key: Some(&self.key),
+        })
+    }
+}

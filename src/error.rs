@@ -1,0 +1,229 @@
+//! The one error type of data_drip, and the one place where each error gets its SQLSTATE.
+//!
+//! Domain code returns `Result<_, DripError>`; the SQL API turns an `Err` into an `ereport(ERROR)`
+//! with the SQLSTATE, message, detail and hint chosen here. Nothing user input can reach panics.
+
+use pgrx::pg_sys::panic::ErrorReport;
+use pgrx::{PgLogLevel, PgSqlErrorCode};
+
+pub type DripResult<T> = Result<T, DripError>;
+
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum DripError {
+    #[error("backfill \"{0}\" does not exist")]
+    UnknownBackfill(String),
+    #[error("backfill \"{0}\" already exists")]
+    DuplicateBackfill(String),
+    #[error("run {0} does not exist")]
+    UnknownRun(i64),
+    #[error("relation {0} is not a table")]
+    NotATable(String),
+    #[error("relation {0} is a temporary table")]
+    TemporaryTable(String),
+    #[error("relation {0} has no primary key")]
+    NoPrimaryKey(String),
+    #[error("column \"{column}\" of relation {relation} does not exist")]
+    UnknownKeyColumn { relation: String, column: String },
+    #[error("key ({key}) of relation {relation} is not covered by a btree index")]
+    KeyNotIndexed { relation: String, key: String },
+    #[error("key column \"{column}\" of relation {relation} is nullable")]
+    KeyNullable { relation: String, column: String },
+    #[error("key must name at least one column, each once")]
+    BadKey,
+    #[error("{what} is invalid: {message}")]
+    BadSql {
+        what: &'static str,
+        message: String,
+        sqlstate: PgSqlErrorCode,
+    },
+    #[error("{what} uses undeclared parameter ${name}")]
+    UndeclaredParameter { what: &'static str, name: String },
+    #[error("{what} uses positional parameter {text}")]
+    PositionalParameter { what: &'static str, text: String },
+    #[error("{what} must be a single SQL statement")]
+    MultipleStatements { what: &'static str },
+    #[error("{0}")]
+    BadAction(String),
+    #[error("params declaration is invalid: {0}")]
+    BadParamDeclaration(String),
+    #[error("type \"{type_name}\" of parameter \"{param}\" does not exist")]
+    UnknownParamType { param: String, type_name: String },
+    #[error("parameter values must be a JSON object, not {0}")]
+    ValuesNotAnObject(String),
+    #[error("unknown parameter \"{name}\"")]
+    UnknownParameter { name: String, declared: Vec<String> },
+    #[error("required parameter \"{0}\" is missing")]
+    MissingParameter(String),
+    #[error("invalid value for parameter \"{name}\": {message}")]
+    BadParamValue {
+        name: String,
+        message: String,
+        sqlstate: PgSqlErrorCode,
+    },
+    #[error("{0}")]
+    BadOption(String),
+    #[error("backfill \"{backfill}\" already has an active run {run_id} ({status})")]
+    ActiveRunExists {
+        backfill: String,
+        run_id: i64,
+        status: String,
+    },
+    #[error("cannot {action} run {run_id}: it is {status}")]
+    WrongStatus {
+        action: &'static str,
+        run_id: i64,
+        status: String,
+    },
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl DripError {
+    /// The SQLSTATE of each error. Keep this the only place that decides one.
+    pub fn sqlstate(&self) -> PgSqlErrorCode {
+        use PgSqlErrorCode::*;
+        match self {
+            DripError::UnknownBackfill(_) | DripError::UnknownRun(_) => ERRCODE_UNDEFINED_OBJECT,
+            DripError::DuplicateBackfill(_) => ERRCODE_DUPLICATE_OBJECT,
+            DripError::NotATable(_) => ERRCODE_WRONG_OBJECT_TYPE,
+            DripError::TemporaryTable(_) => ERRCODE_FEATURE_NOT_SUPPORTED,
+            DripError::NoPrimaryKey(_)
+            | DripError::KeyNotIndexed { .. }
+            | DripError::KeyNullable { .. } => ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+            DripError::UnknownKeyColumn { .. } => ERRCODE_UNDEFINED_COLUMN,
+            DripError::BadKey => ERRCODE_INVALID_PARAMETER_VALUE,
+            DripError::BadSql { sqlstate, .. } => *sqlstate,
+            DripError::UndeclaredParameter { .. } => ERRCODE_UNDEFINED_PARAMETER,
+            DripError::PositionalParameter { .. }
+            | DripError::MultipleStatements { .. }
+            | DripError::BadAction(_) => ERRCODE_SYNTAX_ERROR,
+            DripError::BadParamDeclaration(_) => ERRCODE_INVALID_PARAMETER_VALUE,
+            DripError::UnknownParamType { .. } => ERRCODE_UNDEFINED_OBJECT,
+            DripError::ValuesNotAnObject(_)
+            | DripError::UnknownParameter { .. }
+            | DripError::MissingParameter(_)
+            | DripError::BadOption(_) => ERRCODE_INVALID_PARAMETER_VALUE,
+            DripError::BadParamValue { sqlstate, .. } => *sqlstate,
+            DripError::ActiveRunExists { .. } => ERRCODE_OBJECT_IN_USE,
+            DripError::WrongStatus { .. } => ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+            DripError::Internal(_) => ERRCODE_INTERNAL_ERROR,
+        }
+    }
+
+    /// A hint telling the user what to do instead.
+    pub fn hint(&self) -> Option<String> {
+        Some(match self {
+            DripError::UnknownBackfill(_) => "See SELECT name FROM drip.backfills.".into(),
+            DripError::DuplicateBackfill(_) => "Pass replace => true to redefine it.".into(),
+            DripError::UnknownRun(_) => "See SELECT id, backfill, status FROM drip.runs.".into(),
+            DripError::NotATable(_) => "Backfills walk ordinary or partitioned tables.".into(),
+            DripError::TemporaryTable(_) => {
+                "A background worker cannot see another session's temporary tables.".into()
+            }
+            DripError::NoPrimaryKey(_) => {
+                "Pass key => ARRAY['column', ...] naming columns covered by a btree index.".into()
+            }
+            DripError::KeyNotIndexed { relation, key } => {
+                format!("Create one, e.g. CREATE INDEX ON {relation} ({key}).")
+            }
+            DripError::KeyNullable { relation, column } => format!(
+                "Rows with a NULL key would be skipped. ALTER TABLE {relation} ALTER COLUMN {column} SET NOT NULL, or choose another key."
+            ),
+            DripError::UndeclaredParameter { name, .. } => {
+                format!("Declare it, e.g. params => '{{\"{name}\": \"integer\"}}'.")
+            }
+            DripError::PositionalParameter { .. } => {
+                "Use named parameters such as $age, declared in params.".into()
+            }
+            DripError::MultipleStatements { .. } => "Remove the extra statements.".into(),
+            DripError::BadAction(_) => "An action is SET <assignments>, DELETE, or one SELECT/INSERT/UPDATE/DELETE statement that reads the batch from drip_batch.".into(),
+            DripError::BadParamDeclaration(_) | DripError::UnknownParamType { .. } => {
+                "Declare params as {\"name\": \"type\"} or {\"name\": {\"type\": \"type\", \"default\": ..., \"required\": true}}.".into()
+            }
+            DripError::ValuesNotAnObject(_) => "Pass values like '{\"age\": 30}'.".into(),
+            DripError::UnknownParameter { declared, .. } => {
+                if declared.is_empty() {
+                    "This backfill declares no parameters.".into()
+                } else {
+                    format!("Declared parameters: {}.", declared.join(", "))
+                }
+            }
+            DripError::MissingParameter(name) => {
+                format!("Pass it in the values, e.g. '{{\"{name}\": ...}}'.")
+            }
+            DripError::ActiveRunExists { run_id, .. } => {
+                format!("Stop it first with SELECT drip.stop({run_id}), or wait for it to finish.")
+            }
+            DripError::WrongStatus { .. } => {
+                "pause applies to enqueued or running runs, resume to paused runs, stop to pending, enqueued, running or paused runs.".into()
+            }
+            DripError::BadOption(_) => "batch_size must be at least 1 and sleep must not be negative.".into(),
+            _ => return None,
+        })
+    }
+
+    /// Raise as a Postgres ERROR. Does not return.
+    pub fn raise(&self) -> ! {
+        let mut report = ErrorReport::new(self.sqlstate(), self.to_string(), "data_drip");
+        if let Some(hint) = self.hint() {
+            report = report.set_hint(hint);
+        }
+        report.report(PgLogLevel::ERROR);
+        unreachable!("ereport(ERROR) returned")
+    }
+}
+
+/// Unwrap a domain result inside a SQL function, raising the error as a Postgres ERROR.
+pub trait OrRaise<T> {
+    fn or_raise(self) -> T;
+}
+
+impl<T> OrRaise<T> for DripResult<T> {
+    fn or_raise(self) -> T {
+        match self {
+            Ok(v) => v,
+            Err(e) => e.raise(),
+        }
+    }
+}
+
+impl From<pgrx::spi::SpiError> for DripError {
+    fn from(e: pgrx::spi::SpiError) -> Self {
+        DripError::Internal(format!("SPI: {e}"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_user_error_has_a_specific_sqlstate() {
+        let cases = [
+            DripError::UnknownBackfill("x".into()),
+            DripError::DuplicateBackfill("x".into()),
+            DripError::UnknownRun(1),
+            DripError::NoPrimaryKey("t".into()),
+            DripError::MissingParameter("age".into()),
+            DripError::WrongStatus {
+                action: "pause",
+                run_id: 1,
+                status: "completed".into(),
+            },
+        ];
+        for e in cases {
+            assert_ne!(e.sqlstate(), PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, "{e}");
+            assert!(e.hint().is_some(), "{e} has no hint");
+        }
+    }
+
+    #[test]
+    fn wrong_status_names_the_current_status() {
+        let e = DripError::WrongStatus {
+            action: "resume",
+            run_id: 7,
+            status: "running".into(),
+        };
+        assert_eq!(e.to_string(), "cannot resume run 7: it is running");
+    }
+}

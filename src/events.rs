@@ -1,0 +1,146 @@
+//! Events: one `NOTIFY drip_events` per status change, with a JSON payload.
+//!
+//! Payloads are built here in plain Rust; `notify` sends them through SPI's `pg_notify`, inside
+//! the transaction that makes the change, so an event is never sent for work that rolled back.
+
+use pgrx::prelude::*;
+use serde_json::{json, Map, Value};
+
+use crate::error::DripResult;
+
+pub const CHANNEL: &str = "drip_events";
+/// NOTIFY payloads must be shorter than 8000 bytes; leave room for the other fields.
+pub const MAX_PAYLOAD: usize = 7900;
+const MAX_ERROR: usize = 2000;
+
+/// What a run event says about its run.
+pub struct RunInfo<'a> {
+    pub run_id: i64,
+    pub backfill: &'a str,
+    pub rows_done: i64,
+    pub batches_done: i64,
+}
+
+pub fn run_event(status: &str, run: &RunInfo, error: Option<&str>, at: &str) -> String {
+    let mut m = base(
+        &format!("run_{status}"),
+        run.run_id,
+        run.backfill,
+        status,
+        at,
+    );
+    m.insert("rows_done".into(), json!(run.rows_done));
+    m.insert("batches_done".into(), json!(run.batches_done));
+    if let Some(e) = error {
+        m.insert("error".into(), json!(truncate(e, MAX_ERROR)));
+    }
+    finish(m)
+}
+
+pub fn batch_event(
+    status: &str,
+    run_id: i64,
+    backfill: &str,
+    batch: i64,
+    rows: i64,
+    error: Option<&str>,
+    at: &str,
+) -> String {
+    let mut m = base(&format!("batch_{status}"), run_id, backfill, status, at);
+    m.insert("batch".into(), json!(batch));
+    m.insert("rows".into(), json!(rows));
+    if let Some(e) = error {
+        m.insert("error".into(), json!(truncate(e, MAX_ERROR)));
+    }
+    finish(m)
+}
+
+fn base(event: &str, run_id: i64, backfill: &str, status: &str, at: &str) -> Map<String, Value> {
+    let mut m = Map::new();
+    m.insert("event".into(), json!(event));
+    m.insert("run_id".into(), json!(run_id));
+    m.insert("backfill".into(), json!(truncate(backfill, 200)));
+    m.insert("status".into(), json!(status));
+    m.insert("at".into(), json!(at));
+    m
+}
+
+fn finish(m: Map<String, Value>) -> String {
+    let s = Value::Object(m).to_string();
+    debug_assert!(s.len() < 8000);
+    s
+}
+
+/// Cut `s` to at most `max` bytes on a character boundary, marking the cut.
+pub fn truncate(s: &str, max: usize) -> String {
+    if s.len() <= max {
+        return s.to_string();
+    }
+    let mut end = max.saturating_sub(3);
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}...", &s[..end])
+}
+
+/// Queue the notification in the current transaction.
+pub fn notify(payload: &str) -> DripResult<()> {
+    Spi::connect_mut(|c| {
+        c.update(
+            "SELECT pg_notify($1, $2)",
+            None,
+            &[CHANNEL.into(), payload.into()],
+        )
+        .map(|_| ())
+    })?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn run_event_fields() {
+        let run = RunInfo {
+            run_id: 4,
+            backfill: "fix",
+            rows_done: 10,
+            batches_done: 2,
+        };
+        let v: Value = serde_json::from_str(&run_event("failed", &run, Some("boom"), "t")).unwrap();
+        assert_eq!(v["event"], "run_failed");
+        assert_eq!(v["status"], "failed");
+        assert_eq!(v["run_id"], 4);
+        assert_eq!(v["rows_done"], 10);
+        assert_eq!(v["batches_done"], 2);
+        assert_eq!(v["error"], "boom");
+        let v: Value = serde_json::from_str(&run_event("running", &run, None, "t")).unwrap();
+        assert!(v.get("error").is_none());
+    }
+
+    #[test]
+    fn batch_event_fields() {
+        let v: Value =
+            serde_json::from_str(&batch_event("completed", 1, "b", 3, 500, None, "t")).unwrap();
+        assert_eq!(v["event"], "batch_completed");
+        assert_eq!(v["batch"], 3);
+        assert_eq!(v["rows"], 500);
+    }
+
+    #[test]
+    fn long_errors_are_truncated_below_the_notify_limit() {
+        let huge = "é".repeat(10_000);
+        let run = RunInfo {
+            run_id: 1,
+            backfill: &"n".repeat(300),
+            rows_done: 0,
+            batches_done: 0,
+        };
+        let p = run_event("failed", &run, Some(&huge), "2026-01-01");
+        assert!(p.len() < MAX_PAYLOAD, "{}", p.len());
+        assert!(serde_json::from_str::<Value>(&p).is_ok());
+        let p = batch_event("failed", 1, "b", 1, 0, Some(&huge), "t");
+        assert!(p.len() < MAX_PAYLOAD);
+    }
+}

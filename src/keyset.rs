@@ -1,0 +1,190 @@
+//! Keyset batching: the SQL that finds a batch's upper bound and the SQL that does its work.
+//!
+//! A batch is the key range `(low, high]` holding at most `batch_size` keys. The boundary query
+//! walks the key's btree index from the cursor; the work statement touches the rows in the range
+//! that match the scope. Composite keys use row comparison, which btree indexes serve directly.
+//!
+//! Everything here is string building from identifiers that were quoted by Postgres
+//! (`quote_ident`) and from user fragments that Postgres parses; values are always bound
+//! parameters. User fragments are wrapped in parentheses and newlines so a trailing `--` comment
+//! cannot swallow our clauses.
+
+use crate::action::ActionKind;
+
+/// The statements of one backfill, ready to execute through SPI.
+///
+/// Parameter numbering of the work statement: the user's parameters `$1..$P`, then the low
+/// bound `$P+1..$P+K`, then the high bound `$P+K+1..$P+2K` (K key columns). The boundary query
+/// takes the low bound as `$1..$K` and the batch size as `$K+1`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BatchSql {
+    /// First batch: no lower bound. Params: `$1` = batch size.
+    pub boundary_first: String,
+    /// Later batches. Params: low bound `$1..$K`, batch size `$K+1`.
+    pub boundary_next: String,
+    /// First batch's work (the low-bound parameters are declared but unused).
+    pub work_first: String,
+    pub work_next: String,
+}
+
+/// Inputs: the quoted relation name, quoted key columns, the number of user parameters, and the
+/// already-rewritten scope and action texts.
+pub struct Spec<'a> {
+    pub relation: &'a str,
+    pub keys: &'a [String],
+    pub n_params: usize,
+    pub scope: Option<&'a str>,
+    pub action: &'a str,
+    pub kind: &'a ActionKind,
+}
+
+fn row(items: &[String]) -> String {
+    if items.len() == 1 {
+        items[0].clone()
+    } else {
+        format!("({})", items.join(", "))
+    }
+}
+
+fn params(from: usize, count: usize) -> Vec<String> {
+    (from..from + count).map(|i| format!("${i}")).collect()
+}
+
+pub fn build(spec: &Spec) -> BatchSql {
+    let k = spec.keys.len();
+    let keys = row(spec.keys);
+    let order_asc = spec.keys.join(", ");
+    // Qualified, so ORDER BY sorts by the key and not by the same-named ::text output column.
+    let order_desc = spec
+        .keys
+        .iter()
+        .map(|c| format!("drip_keys.{c} DESC"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let as_text = spec
+        .keys
+        .iter()
+        .map(|c| format!("{c}::text"))
+        .collect::<Vec<_>>()
+        .join(", ");
+
+    let boundary = |lower: Option<String>, limit: String| {
+        let filter = lower
+            .map(|l| format!(" WHERE {keys} > {l}"))
+            .unwrap_or_default();
+        format!(
+            "SELECT {as_text}, count(*) OVER () FROM (SELECT {order_asc} FROM {rel}{filter} \
+             ORDER BY {order_asc} LIMIT {limit}) AS drip_keys ORDER BY {order_desc} LIMIT 1",
+            rel = spec.relation
+        )
+    };
+    let boundary_first = boundary(None, "$1".into());
+    let boundary_next = boundary(Some(row(&params(1, k))), format!("${}", k + 1));
+
+    let low = row(&params(spec.n_params + 1, k));
+    let high = row(&params(spec.n_params + k + 1, k));
+    let scope = spec
+        .scope
+        .map(|s| format!(" AND (\n{s}\n)"))
+        .unwrap_or_default();
+    let range = |first: bool| {
+        if first {
+            format!("{keys} <= {high}{scope}")
+        } else {
+            format!("{keys} > {low} AND {keys} <= {high}{scope}")
+        }
+    };
+    let work = |first: bool| {
+        let filter = range(first);
+        match spec.kind {
+            ActionKind::Set => {
+                format!("UPDATE {} {}\nWHERE {filter}", spec.relation, spec.action)
+            }
+            ActionKind::Delete => format!("DELETE FROM {} WHERE {filter}", spec.relation),
+            ActionKind::Statement { with_at } => {
+                let cte = format!(
+                    "drip_batch AS (SELECT * FROM {} WHERE {filter})",
+                    spec.relation
+                );
+                match with_at {
+                    Some(at) => format!("{} {cte},\n{}", &spec.action[..*at], &spec.action[*at..]),
+                    None => format!("WITH {cte}\n{}", spec.action),
+                }
+            }
+        }
+    };
+    BatchSql {
+        boundary_first,
+        boundary_next,
+        work_first: work(true),
+        work_next: work(false),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn single_key_set_action() {
+        let keys = vec!["id".to_string()];
+        let sql = build(&Spec {
+            relation: "public.users",
+            keys: &keys,
+            n_params: 1,
+            scope: Some("age = $1"),
+            action: "SET email = lower(email)",
+            kind: &ActionKind::Set,
+        });
+        assert_eq!(
+            sql.boundary_next,
+            "SELECT id::text, count(*) OVER () FROM (SELECT id FROM public.users WHERE id > $1 \
+             ORDER BY id LIMIT $2) AS drip_keys ORDER BY drip_keys.id DESC LIMIT 1"
+        );
+        assert_eq!(
+            sql.work_next,
+            "UPDATE public.users SET email = lower(email)\nWHERE id > $2 AND id <= $3 AND (\nage = $1\n)"
+        );
+        assert_eq!(
+            sql.work_first,
+            "UPDATE public.users SET email = lower(email)\nWHERE id <= $3 AND (\nage = $1\n)"
+        );
+    }
+
+    #[test]
+    fn composite_key_delete_and_statement() {
+        let keys = vec!["a".to_string(), "\"B\"".to_string()];
+        let sql = build(&Spec {
+            relation: "t",
+            keys: &keys,
+            n_params: 0,
+            scope: None,
+            action: "DELETE",
+            kind: &ActionKind::Delete,
+        });
+        assert_eq!(
+            sql.work_next,
+            "DELETE FROM t WHERE (a, \"B\") > ($1, $2) AND (a, \"B\") <= ($3, $4)"
+        );
+        assert!(sql
+            .boundary_next
+            .contains("WHERE (a, \"B\") > ($1, $2) ORDER BY a, \"B\" LIMIT $3"));
+        assert!(sql
+            .boundary_next
+            .ends_with("ORDER BY drip_keys.a DESC, drip_keys.\"B\" DESC LIMIT 1"));
+
+        let action = "WITH x AS (SELECT 1) INSERT INTO log SELECT a FROM drip_batch";
+        let sql = build(&Spec {
+            relation: "t",
+            keys: &keys[..1],
+            n_params: 0,
+            scope: None,
+            action,
+            kind: &ActionKind::Statement { with_at: Some(4) },
+        });
+        assert_eq!(
+            sql.work_first,
+            "WITH drip_batch AS (SELECT * FROM t WHERE a <= $2),\n x AS (SELECT 1) INSERT INTO log SELECT a FROM drip_batch"
+        );
+    }
+}

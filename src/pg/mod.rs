@@ -1,0 +1,8 @@
+//! The thin layer over `pg_sys`: every `unsafe` call of data_drip lives below this module, each
+//! behind a safe function whose comment says why it is sound. Domain modules never touch
+//! `pg_sys` directly.
+
+pub mod signals;
+pub mod transaction;
+pub mod types;
+pub mod wake;

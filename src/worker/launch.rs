@@ -1,0 +1,91 @@
+//! Starting workers, and waking the scheduler when a transaction that made a run startable
+//! commits.
+
+use std::cell::Cell;
+
+use pgrx::bgworkers::{BackgroundWorker, BackgroundWorkerBuilder};
+use pgrx::prelude::*;
+use pgrx::{register_xact_callback, PgXactCallbackEvent};
+
+use crate::catalog;
+use crate::error::DripResult;
+use crate::pg::wake;
+
+/// Start the scheduler of database `db`. A second scheduler notices the first (by its lock),
+/// wakes it and exits. Returns false when no worker slot is free.
+pub fn launch_scheduler(db: pg_sys::Oid) -> bool {
+    let ok =
+        BackgroundWorkerBuilder::new(&format!("data_drip scheduler for database {}", db.to_u32()))
+            .set_type("data_drip scheduler")
+            .set_library("data_drip")
+            .set_function("drip_scheduler_main")
+            .enable_spi_access()
+            .set_argument(db.into_datum())
+            .set_restart_time(None)
+            .load_dynamic()
+            .is_ok();
+    if !ok {
+        warning!("data_drip: no background worker slot free for the scheduler; raise max_worker_processes");
+    }
+    ok
+}
+
+/// Start a runner for `run_id`; the scheduler (`notify_pid`) is woken when it starts and stops.
+pub fn launch_runner(db: pg_sys::Oid, run_id: i64) -> bool {
+    BackgroundWorkerBuilder::new(&format!("data_drip runner for run {run_id}"))
+        .set_type("data_drip runner")
+        .set_library("data_drip")
+        .set_function("drip_runner_main")
+        .enable_spi_access()
+        .set_argument(run_id.into_datum())
+        .set_extra(&db.to_u32().to_string())
+        .set_notify_pid(wake::my_pid())
+        .set_restart_time(None)
+        .load_dynamic()
+        .is_ok()
+}
+
+thread_local! {
+    static KICK_REGISTERED: Cell<bool> = const { Cell::new(false) };
+}
+
+/// If any run needs a scheduler, start one when the current transaction commits (nothing
+/// happens if it rolls back). Called by every `drip.*` function, which is also how runs left
+/// behind by a restart are picked up without `shared_preload_libraries`.
+pub fn recover_on_commit() -> DripResult<()> {
+    if KICK_REGISTERED.with(|k| k.get()) || !catalog::has_unfinished_runs()? {
+        return Ok(());
+    }
+    KICK_REGISTERED.with(|k| k.set(true));
+    let db = wake::my_database_oid();
+    register_xact_callback(PgXactCallbackEvent::Commit, move || {
+        KICK_REGISTERED.with(|k| k.set(false));
+        // Post-commit: launch_scheduler never raises (slot exhaustion is a warning).
+        launch_scheduler(db);
+    });
+    register_xact_callback(PgXactCallbackEvent::Abort, || {
+        KICK_REGISTERED.with(|k| k.set(false));
+    });
+    Ok(())
+}
+
+/// The worker's own database oid from its extra bytes (runner) — see `launch_runner`.
+pub fn database_from_extra() -> Option<pg_sys::Oid> {
+    BackgroundWorker::get_extra()
+        .trim()
+        .parse::<u32>()
+        .ok()
+        .map(pg_sys::Oid::from)
+}
+
+/// Decode a worker's main argument.
+pub fn arg_oid(arg: pg_sys::Datum) -> pg_sys::Oid {
+    // SAFETY: the scheduler's argument is always set from an Oid datum by launch_scheduler.
+    unsafe { pg_sys::Oid::from_datum(arg, false) }.unwrap_or(pg_sys::Oid::INVALID)
+}
+
+pub fn arg_i64(arg: pg_sys::Datum) -> i64 {
+    // SAFETY: the runner's argument is always set from an i64 datum (pass-by-value on the 64-bit
+    // platforms pgrx supports) by launch_runner.
+    unsafe { i64::from_datum(arg, false) }.unwrap_or(0)
+}

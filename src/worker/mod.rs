@@ -1,0 +1,8 @@
+//! Background workers. Without `shared_preload_libraries`, a scheduler is started per database
+//! on demand (after a `drip.*` call commits) and lives while runs need it; it starts one runner
+//! per executing run, up to `drip.max_runs`.
+
+pub mod launch;
+pub mod locks;
+pub mod runner;
+pub mod scheduler;

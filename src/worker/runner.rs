@@ -1,0 +1,498 @@
+//! The runner: executes one run, batch after batch, then exits.
+//!
+//! Per batch, two transactions:
+//! - *mark*: check the run is still `running`, find the batch's upper key bound, insert the
+//!   batch row as `running` and send `batch_running`;
+//! - *work*: run the action over the key range, mark the batch `completed` and advance the run's
+//!   cursor and counters, all in one commit, and send `batch_completed`.
+//!
+//! An ERROR in the work rolls back only that batch; it is recorded as `failed` and retried with
+//! backoff up to `max_attempts`. A batch row left `running` by a dead worker is marked failed
+//! (`interrupted`) and done again by the next runner.
+
+use std::time::{Duration, Instant};
+
+use pgrx::bgworkers::{BackgroundWorker, SignalWakeFlags};
+use pgrx::datum::DatumWithOid;
+use pgrx::prelude::*;
+use pgrx::JsonB;
+
+use crate::catalog::{self, RunRow};
+use crate::compile::{Compiled, Definition};
+use crate::error::{DripError, DripResult, OrRaise};
+use crate::params;
+use crate::pg::{signals, transaction, types};
+use crate::status::{BatchStatus, RunStatus};
+use crate::worker::launch;
+use crate::worker::locks::{run_key, RUNNER_KEY};
+
+/// How often a long sleep between batches looks at the run's status.
+const STATUS_POLL: Duration = Duration::from_millis(200);
+const BACKOFF_BASE_MS: u64 = 500;
+const BACKOFF_MAX_MS: u64 = 30_000;
+
+#[pg_guard]
+#[unsafe(no_mangle)]
+pub extern "C-unwind" fn drip_runner_main(arg: pg_sys::Datum) {
+    let run_id = launch::arg_i64(arg);
+    BackgroundWorker::attach_signal_handlers(SignalWakeFlags::SIGHUP);
+    // SIGTERM (fast shutdown, pg_terminate_backend) must end a long batch promptly; the batch
+    // rolls back and is redone later.
+    signals::terminate_promptly_on_sigterm();
+    let Some(db) = launch::database_from_extra() else {
+        warning!("data_drip runner for run {run_id}: missing database");
+        return;
+    };
+    BackgroundWorker::connect_worker_to_spi_by_oid(Some(db), None);
+
+    let runner = match transaction::run(|| claim(run_id)) {
+        Ok(Some(r)) => r,
+        Ok(None) => return,
+        Err(e) => {
+            warning!(
+                "data_drip runner for run {run_id}: cannot start: {}",
+                e.message
+            );
+            let _ = transaction::run(|| fail_run(run_id, &e.message));
+            return;
+        }
+    };
+    runner.main();
+}
+
+/// A batch to execute: its number, key range and attempt.
+#[derive(Debug, Clone)]
+struct Batch {
+    no: i64,
+    low: Option<Vec<String>>,
+    high: Vec<String>,
+    attempts: i32,
+}
+
+struct Runner {
+    run_id: i64,
+    compiled: Compiled,
+    /// Text of each parameter value, for the type's input function.
+    param_texts: Vec<Option<String>>,
+    max_attempts: i32,
+    cursor: Option<Vec<String>>,
+    /// A batch to do again (after a failure or an interruption).
+    retry: Option<Batch>,
+}
+
+enum Step {
+    Batch(Batch, i64),
+    Exit,
+}
+
+impl Runner {
+    fn main(mut self) {
+        loop {
+            let step = transaction::run(|| self.mark_next());
+            let (batch, sleep_ms) = match step {
+                Ok(Step::Batch(b, sleep_ms)) => (b, sleep_ms),
+                Ok(Step::Exit) => return,
+                Err(e) => {
+                    // The run cannot go on (its table was dropped, the boundary query fails...).
+                    let _ = transaction::run(|| fail_run(self.run_id, &e.message));
+                    return;
+                }
+            };
+            match transaction::run(|| self.work(&batch)) {
+                Ok(()) => {
+                    self.cursor = Some(batch.high.clone());
+                    self.retry = None;
+                    if !self.sleep(Duration::from_millis(sleep_ms.max(0) as u64)) {
+                        return;
+                    }
+                }
+                Err(e) => {
+                    let gave_up = transaction::run(|| self.record_failure(&batch, &e))
+                        .unwrap_or_else(|e2| {
+                            warning!(
+                                "data_drip run {}: cannot record failure: {}",
+                                self.run_id,
+                                e2.message
+                            );
+                            true
+                        });
+                    if gave_up {
+                        return;
+                    }
+                    self.retry = Some(Batch {
+                        attempts: batch.attempts + 1,
+                        ..batch.clone()
+                    });
+                    if !self.sleep(backoff(batch.attempts)) {
+                        return;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Transaction 1 of a batch: decide what to do next and mark the batch running.
+    fn mark_next(&mut self) -> Step {
+        // The marker may be lost in a crash without harm (the batch is then simply not recorded
+        // yet); the work transaction's synchronous commit flushes it anyway.
+        Spi::run("SET LOCAL synchronous_commit = off").or_raise_spi();
+        let Some((run, batch_size, sleep_ms)) = lock_running(self.run_id) else {
+            release_run(self.run_id);
+            return Step::Exit;
+        };
+
+        if let Some(b) = self.retry.clone() {
+            Spi::run_with_args(
+                "UPDATE drip.batches SET status = 'running', attempts = $3, started_at = clock_timestamp(), \
+                 finished_at = NULL, error = NULL, sqlstate = NULL, rows = NULL \
+                 WHERE run_id = $1 AND batch_no = $2",
+                &[self.run_id.into(), b.no.into(), b.attempts.into()],
+            )
+            .or_raise_spi();
+            catalog::notify_batch(&run, BatchStatus::Running, b.no, 0, None).or_raise();
+            return Step::Batch(b, sleep_ms);
+        }
+
+        let Some((high, keys)) = self.boundary(batch_size) else {
+            let done = catalog::set_run_status(&run, RunStatus::Completed, None).or_raise();
+            log!(
+                "data_drip run {} completed: {} rows in {} batches",
+                done.id,
+                done.rows_done,
+                done.batches_done
+            );
+            return Step::Exit;
+        };
+        let no = Spi::get_one_with_args::<i64>(
+            "SELECT coalesce(max(batch_no), 0) + 1 FROM drip.batches WHERE run_id = $1",
+            &[self.run_id.into()],
+        )
+        .or_raise_spi()
+        .unwrap_or(1);
+        Spi::run_with_args(
+            "INSERT INTO drip.batches (run_id, batch_no, low_key, high_key, status) \
+             VALUES ($1, $2, $3, $4, 'running')",
+            &[
+                self.run_id.into(),
+                no.into(),
+                self.cursor.clone().into(),
+                high.clone().into(),
+            ],
+        )
+        .or_raise_spi();
+        catalog::notify_batch(&run, BatchStatus::Running, no, keys, None).or_raise();
+        Step::Batch(
+            Batch {
+                no,
+                low: self.cursor.clone(),
+                high,
+                attempts: 1,
+            },
+            sleep_ms,
+        )
+    }
+
+    /// The next batch's upper bound (inclusive) and how many keys it holds; None when done.
+    fn boundary(&self, batch_size: i32) -> Option<(Vec<String>, i64)> {
+        let k = self.compiled.keys.len();
+        let mut args = Vec::with_capacity(k + 1);
+        let sql = match &self.cursor {
+            None => &self.compiled.sql.boundary_first,
+            Some(cursor) => {
+                args.extend(self.key_args(cursor));
+                &self.compiled.sql.boundary_next
+            }
+        };
+        args.push(DatumWithOid::from(batch_size as i64));
+        Spi::connect(|c| {
+            let t = c.select(sql.as_str(), None, &args)?;
+            if let Some(r) = t.into_iter().next() {
+                let mut high = Vec::with_capacity(k);
+                for i in 1..=k {
+                    high.push(r.get::<String>(i)?.unwrap_or_default());
+                }
+                let n = r.get::<i64>(k + 1)?.unwrap_or(0);
+                return Ok(Some((high, n)));
+            }
+            Ok::<_, pgrx::spi::SpiError>(None)
+        })
+        .or_raise_spi()
+    }
+
+    fn key_args<'a>(&self, values: &[String]) -> Vec<DatumWithOid<'a>> {
+        self.compiled
+            .keys
+            .iter()
+            .zip(values)
+            .map(|(k, v)| types::input_datum(k.type_oid, Some(v), &k.name).or_raise())
+            .collect()
+    }
+
+    /// Transaction 2 of a batch: the work, the batch row and the cursor, committed together.
+    fn work(&self, b: &Batch) {
+        let mut args: Vec<DatumWithOid> = Vec::new();
+        for ((decl, ty), text) in self.compiled.params.iter().zip(&self.param_texts) {
+            args.push(types::input_datum(ty.oid, text.as_deref(), &decl.name).or_raise());
+        }
+        match &b.low {
+            Some(low) => args.extend(self.key_args(low)),
+            None => args.extend(
+                self.compiled
+                    .keys
+                    .iter()
+                    .map(|k| DatumWithOid::null_oid(k.type_oid)),
+            ),
+        }
+        args.extend(self.key_args(&b.high));
+        let sql = if b.low.is_some() {
+            &self.compiled.sql.work_next
+        } else {
+            &self.compiled.sql.work_first
+        };
+        let rows =
+            Spi::connect_mut(|c| c.update(sql.as_str(), None, &args).map(|t| t.len() as i64))
+                .or_raise_spi();
+
+        Spi::run_with_args(
+            "UPDATE drip.batches SET status = 'completed', rows = $3, finished_at = clock_timestamp() \
+             WHERE run_id = $1 AND batch_no = $2",
+            &[self.run_id.into(), b.no.into(), rows.into()],
+        )
+        .or_raise_spi();
+        let run = advance(self.run_id, &b.high, rows);
+        catalog::notify_batch(&run, BatchStatus::Completed, b.no, rows, None).or_raise();
+    }
+
+    /// Record a failed attempt. Returns true when the run failed for good.
+    fn record_failure(&self, b: &Batch, e: &transaction::TxError) -> bool {
+        let message = format!("{} (SQLSTATE {})", e.message, e.sqlstate);
+        Spi::run_with_args(
+            "UPDATE drip.batches SET status = 'failed', error = $3, sqlstate = $4, \
+             finished_at = clock_timestamp() WHERE run_id = $1 AND batch_no = $2",
+            &[
+                self.run_id.into(),
+                b.no.into(),
+                e.message.as_str().into(),
+                e.sqlstate.as_str().into(),
+            ],
+        )
+        .or_raise_spi();
+        let Some(run) = catalog::read_run(self.run_id).or_raise() else {
+            return true;
+        };
+        catalog::notify_batch(&run, BatchStatus::Failed, b.no, 0, Some(&message)).or_raise();
+        if b.attempts >= self.max_attempts
+            && matches!(run.status, RunStatus::Running | RunStatus::Paused)
+        {
+            let error = format!("batch {} failed {} times: {message}", b.no, b.attempts);
+            catalog::set_run_status(&run, RunStatus::Failed, Some(&error)).or_raise();
+            return true;
+        }
+        false
+    }
+
+    /// Sleep between batches. Returns false if the worker must exit. A long sleep looks at the
+    /// run's status every STATUS_POLL so pause and stop act promptly.
+    fn sleep(&self, total: Duration) -> bool {
+        let deadline = Instant::now() + total;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return true;
+            }
+            if !BackgroundWorker::wait_latch(Some(left.min(STATUS_POLL))) {
+                return false;
+            }
+            if BackgroundWorker::sighup_received() {
+                signals::reload_config();
+            }
+            if left > STATUS_POLL {
+                let status = transaction::run(|| {
+                    catalog::read_run(self.run_id).or_raise().map(|r| r.status)
+                });
+                if !matches!(status, Ok(Some(RunStatus::Running))) {
+                    return true; // mark_next sees the new status and exits
+                }
+            }
+        }
+    }
+}
+
+/// Exponential backoff with jitter: base * 2^(attempt-1), capped, +-25%.
+fn backoff(attempt: i32) -> Duration {
+    let exp = BACKOFF_BASE_MS.saturating_mul(1u64 << (attempt.clamp(1, 16) - 1) as u64);
+    let base = exp.min(BACKOFF_MAX_MS);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos() as u64)
+        .unwrap_or(0);
+    let jitter = base / 4;
+    Duration::from_millis(base - jitter + nanos % (2 * jitter + 1))
+}
+
+/// Lock the run row; Some only while it is `running`.
+fn lock_running(run_id: i64) -> Option<(RunRow, i32, i64)> {
+    let run = catalog::lock_run(run_id).or_raise();
+    if run.status != RunStatus::Running {
+        return None;
+    }
+    let (batch_size, sleep_ms) = Spi::get_two_with_args::<i32, i64>(
+        "SELECT batch_size, (extract(epoch FROM sleep) * 1000)::bigint FROM drip.runs WHERE id = $1",
+        &[run_id.into()],
+    )
+    .or_raise_spi();
+    Some((run, batch_size.unwrap_or(1000), sleep_ms.unwrap_or(0)))
+}
+
+/// This runner no longer executes the run.
+fn release_run(run_id: i64) {
+    Spi::run_with_args(
+        "UPDATE drip.runs SET worker_pid = NULL WHERE id = $1 AND worker_pid = pg_backend_pid()",
+        &[run_id.into()],
+    )
+    .or_raise_spi();
+}
+
+/// Advance the cursor and counters after a batch.
+fn advance(run_id: i64, high: &[String], rows: i64) -> RunRow {
+    Spi::connect_mut(|c| {
+        let t = c.update(
+            "UPDATE drip.runs SET cursor = $2, rows_done = rows_done + $3, batches_done = batches_done + 1 \
+             WHERE id = $1 RETURNING id, backfill, status, rows_done, batches_done, worker_pid",
+            None,
+            &[run_id.into(), high.to_vec().into(), rows.into()],
+        )?;
+        if let Some(r) = t.into_iter().next() {
+            return Ok(RunRow {
+                id: r.get::<i64>(1)?.unwrap_or_default(),
+                backfill: r.get::<String>(2)?.unwrap_or_default(),
+                status: RunStatus::Completed, // batch events report the batch's status
+                rows_done: r.get::<i64>(4)?.unwrap_or_default(),
+                batches_done: r.get::<i64>(5)?.unwrap_or_default(),
+                worker_pid: r.get::<i32>(6)?,
+            });
+        }
+        Err(DripError::UnknownRun(run_id))
+    })
+    .or_raise()
+}
+
+/// Mark a run failed (outside the batch loop: it could not even start or go on).
+fn fail_run(run_id: i64, message: &str) {
+    if let Some(run) = catalog::read_run(run_id).or_raise() {
+        if matches!(run.status, RunStatus::Running | RunStatus::Enqueued) {
+            catalog::set_run_status(&run, RunStatus::Failed, Some(message)).or_raise();
+        }
+    }
+}
+
+/// Take the run's lock and move it from enqueued to running. None if another runner has it or
+/// it is no longer enqueued.
+fn claim(run_id: i64) -> Option<Runner> {
+    let got = Spi::get_one_with_args::<bool>(
+        "SELECT pg_catalog.pg_try_advisory_lock($1, $2)",
+        &[RUNNER_KEY.into(), run_key(run_id).into()],
+    )
+    .or_raise_spi()
+    .unwrap_or(false);
+    if !got {
+        return None;
+    }
+    Spi::run_with_args(
+        "SELECT pg_catalog.set_config('application_name', $1, false)",
+        &[format!("data_drip runner: run {run_id}").into()],
+    )
+    .or_raise_spi();
+    let claimed = Spi::connect_mut(|c| {
+        let t = c.update(
+            "UPDATE drip.runs SET status = 'running', worker_pid = pg_backend_pid(), \
+                 started_at = coalesce(started_at, now()), error = NULL \
+             WHERE id = $1 AND status = 'enqueued' \
+             RETURNING id, backfill, status, rows_done, batches_done, worker_pid, definition, params, cursor",
+            None,
+            &[run_id.into()],
+        )?;
+        if let Some(r) = t.into_iter().next() {
+            let row = RunRow {
+                id: r.get::<i64>(1)?.unwrap_or_default(),
+                backfill: r.get::<String>(2)?.unwrap_or_default(),
+                status: RunStatus::Running,
+                rows_done: r.get::<i64>(4)?.unwrap_or_default(),
+                batches_done: r.get::<i64>(5)?.unwrap_or_default(),
+                worker_pid: r.get::<i32>(6)?,
+            };
+            let def = r.get::<JsonB>(7)?.map(|j| j.0).unwrap_or_default();
+            let values = r.get::<JsonB>(8)?.map(|j| j.0).unwrap_or_default();
+            let cursor = r.get::<Vec<String>>(9)?;
+            return Ok::<_, DripError>(Some((row, def, values, cursor)));
+        }
+        Ok(None)
+    })
+    .or_raise()?;
+    let (run, def, values, cursor) = claimed;
+    catalog::notify_run(&run, None).or_raise();
+
+    let def = Definition::from_json(&def).or_raise();
+    let compiled = def.compile().or_raise();
+    let param_texts = compiled
+        .params
+        .iter()
+        .map(|(d, t)| {
+            params::input_text(
+                values.get(&d.name).unwrap_or(&serde_json::Value::Null),
+                t.is_array,
+            )
+        })
+        .collect();
+
+    // A batch left running by a worker that died: record it as interrupted and do it again.
+    let retry = interrupted_batch(&run);
+    Some(Runner {
+        run_id,
+        compiled,
+        param_texts,
+        max_attempts: def.max_attempts,
+        cursor,
+        retry,
+    })
+}
+
+fn interrupted_batch(run: &RunRow) -> Option<Batch> {
+    let found = Spi::connect_mut(|c| {
+        let t = c.update(
+            "UPDATE drip.batches SET status = 'failed', error = 'interrupted', finished_at = clock_timestamp() \
+             WHERE run_id = $1 AND status = 'running' RETURNING batch_no, low_key, high_key, attempts",
+            None,
+            &[run.id.into()],
+        )?;
+        let mut out = None;
+        for r in t {
+            out = Some(Batch {
+                no: r.get::<i64>(1)?.unwrap_or_default(),
+                low: r.get::<Vec<String>>(2)?,
+                high: r.get::<Vec<String>>(3)?.unwrap_or_default(),
+                attempts: r.get::<i32>(4)?.unwrap_or(1) + 1,
+            });
+        }
+        Ok::<_, pgrx::spi::SpiError>(out)
+    })
+    .or_raise_spi();
+    if let Some(b) = &found {
+        catalog::notify_batch(run, BatchStatus::Failed, b.no, 0, Some("interrupted")).or_raise();
+    }
+    found
+}
+
+/// `or_raise` for SPI results.
+trait OrRaiseSpi<T> {
+    fn or_raise_spi(self) -> T;
+}
+
+impl<T> OrRaiseSpi<T> for Result<T, pgrx::spi::SpiError> {
+    fn or_raise_spi(self) -> T {
+        self.map_err(DripError::from).or_raise()
+    }
+}
+
+#[allow(dead_code)]
+fn _assert_result(_: DripResult<()>) {}

@@ -1,0 +1,263 @@
+//! The scheduler: one per database, while runs need it. Each tick it re-enqueues runs whose
+//! runner died, promotes pending runs whose `start_at` has come, and starts runners for
+//! enqueued runs while fewer than `drip.max_runs` execute.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use pgrx::bgworkers::{BackgroundWorker, SignalWakeFlags};
+use pgrx::prelude::*;
+
+use crate::catalog::{self, RunRow};
+use crate::error::OrRaise;
+use crate::guc;
+use crate::pg::{signals, transaction, wake};
+use crate::status::RunStatus;
+use crate::worker::launch;
+use crate::worker::locks::{RUNNER_ALIVE_SQL, SCHEDULER_KEY};
+
+/// Longest sleep between ticks when nothing wakes us.
+const TICK: Duration = Duration::from_millis(1000);
+/// Exit after this long without pending, enqueued or running runs.
+const IDLE_EXIT: Duration = Duration::from_secs(5);
+/// A launched runner that has not claimed its run by then is presumed lost.
+const LAUNCH_GRACE: Duration = Duration::from_secs(10);
+
+#[pg_guard]
+#[unsafe(no_mangle)]
+pub extern "C-unwind" fn drip_scheduler_main(arg: pg_sys::Datum) {
+    let db = launch::arg_oid(arg);
+    BackgroundWorker::attach_signal_handlers(SignalWakeFlags::SIGHUP | SignalWakeFlags::SIGTERM);
+    BackgroundWorker::connect_worker_to_spi_by_oid(Some(db), None);
+    Scheduler {
+        db,
+        launching: HashMap::new(),
+    }
+    .main();
+}
+
+struct Scheduler {
+    db: pg_sys::Oid,
+    /// Runners started but not yet seen running: run id -> launch time.
+    launching: HashMap<i64, Instant>,
+}
+
+/// What one tick found.
+struct Tick {
+    extension_gone: bool,
+    has_work: bool,
+    running: usize,
+    enqueued: Vec<i64>,
+    next_start_in: Option<Duration>,
+}
+
+impl Scheduler {
+    fn main(mut self) {
+        if !self.take_lock() {
+            return;
+        }
+        let _ = transaction::run(|| {
+            Spi::run(
+                "SELECT pg_catalog.set_config('application_name', 'data_drip scheduler', false)",
+            )
+        });
+        let mut idle_since: Option<Instant> = None;
+        loop {
+            if BackgroundWorker::sighup_received() {
+                signals::reload_config();
+            }
+            let tick = match transaction::run(tick) {
+                Ok(t) => t,
+                Err(e) => {
+                    warning!("data_drip scheduler: {} ({})", e.message, e.sqlstate);
+                    if !BackgroundWorker::wait_latch(Some(TICK)) {
+                        return;
+                    }
+                    continue;
+                }
+            };
+            if tick.extension_gone {
+                log!("data_drip scheduler: extension dropped, exiting");
+                return;
+            }
+            self.launch_runners(&tick);
+
+            if tick.has_work {
+                idle_since = None;
+            } else if idle_since.get_or_insert_with(Instant::now).elapsed() >= IDLE_EXIT {
+                if self.release_or_continue() {
+                    idle_since = None;
+                } else {
+                    return;
+                }
+            }
+            let wait = tick.next_start_in.map_or(TICK, |d| d.min(TICK));
+            if !BackgroundWorker::wait_latch(Some(wait.max(Duration::from_millis(10)))) {
+                return;
+            }
+        }
+    }
+
+    /// Become this database's scheduler, or wake the one that is and return false.
+    fn take_lock(&self) -> bool {
+        let got = transaction::run(|| {
+            Spi::get_one_with_args::<bool>(
+                "SELECT pg_catalog.pg_try_advisory_lock($1, 0)",
+                &[SCHEDULER_KEY.into()],
+            )
+            .map_err(crate::error::DripError::from)
+            .or_raise()
+            .unwrap_or(false)
+        });
+        match got {
+            Ok(true) => true,
+            Ok(false) => {
+                if let Ok(Some(pid)) = transaction::run(|| {
+                    Spi::get_one_with_args::<i32>(
+                        "SELECT pid FROM pg_catalog.pg_locks WHERE locktype = 'advisory' AND granted \
+                         AND database = $1 AND classid = $2::int4::oid AND objid = 0 AND objsubid = 2",
+                        &[self.db.into(), SCHEDULER_KEY.into()],
+                    )
+                    .ok()
+                    .flatten()
+                }) {
+                    wake::wake_pid(pid);
+                }
+                false
+            }
+            Err(e) => {
+                warning!("data_drip scheduler: {}", e.message);
+                false
+            }
+        }
+    }
+
+    /// Idle: give up the lock, then look once more, so a run committed just before we let go
+    /// is not stranded. Returns true to keep going.
+    fn release_or_continue(&self) -> bool {
+        let _ = transaction::run(|| {
+            Spi::run_with_args(
+                "SELECT pg_catalog.pg_advisory_unlock($1, 0)",
+                &[SCHEDULER_KEY.into()],
+            )
+        });
+        let work = transaction::run(|| catalog::has_unfinished_runs().or_raise()).unwrap_or(false);
+        work && self.take_lock()
+    }
+
+    fn launch_runners(&mut self, tick: &Tick) {
+        self.launching
+            .retain(|id, at| tick.enqueued.contains(id) && at.elapsed() < LAUNCH_GRACE);
+        let max = guc::MAX_RUNS.get().max(0) as usize;
+        let mut free = max.saturating_sub(tick.running + self.launching.len());
+        for &id in &tick.enqueued {
+            if free == 0 {
+                break;
+            }
+            if self.launching.contains_key(&id) {
+                continue;
+            }
+            if !launch::launch_runner(self.db, id) {
+                warning!(
+                    "data_drip: no background worker slot free for run {id}; it stays enqueued"
+                );
+                break;
+            }
+            self.launching.insert(id, Instant::now());
+            free -= 1;
+        }
+    }
+}
+
+fn run_rows(sql: &str) -> Vec<RunRow> {
+    Spi::connect_mut(|c| {
+        let t = c.update(sql, None, &[])?;
+        let mut out = Vec::new();
+        for r in t {
+            out.push(RunRow {
+                id: r.get::<i64>(1)?.unwrap_or_default(),
+                backfill: r.get::<String>(2)?.unwrap_or_default(),
+                status: RunStatus::parse(&r.get::<String>(3)?.unwrap_or_default())?,
+                rows_done: r.get::<i64>(4)?.unwrap_or_default(),
+                batches_done: r.get::<i64>(5)?.unwrap_or_default(),
+                worker_pid: r.get::<i32>(6)?,
+            });
+        }
+        Ok::<_, crate::error::DripError>(out)
+    })
+    .or_raise()
+}
+
+/// One pass over the runs, in the caller's transaction.
+fn tick() -> Tick {
+    let present = Spi::get_one::<bool>(
+        "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_extension WHERE extname = 'data_drip')",
+    )
+    .ok()
+    .flatten()
+    .unwrap_or(false);
+    if !present {
+        return Tick {
+            extension_gone: true,
+            has_work: false,
+            running: 0,
+            enqueued: vec![],
+            next_start_in: None,
+        };
+    }
+    // Runs marked running whose runner is gone (killed, crashed, server restarted): queue them
+    // again; the next runner resumes from the cursor.
+    for row in run_rows(&format!(
+        "UPDATE drip.runs r SET status = 'enqueued', worker_pid = NULL \
+         WHERE r.status = 'running' AND NOT {RUNNER_ALIVE_SQL} \
+         RETURNING id, backfill, status, rows_done, batches_done, worker_pid"
+    )) {
+        log!("data_drip: run {} lost its worker; enqueued again", row.id);
+        catalog::notify_run(&row, None).or_raise();
+    }
+    // Pending runs whose time has come.
+    for row in run_rows(
+        "UPDATE drip.runs SET status = 'enqueued' WHERE status = 'pending' AND start_at <= now() \
+         RETURNING id, backfill, status, rows_done, batches_done, worker_pid",
+    ) {
+        catalog::notify_run(&row, None).or_raise();
+    }
+    let (running, enqueued, next_ms) = Spi::connect(|c| {
+        let running = c
+            .select(
+                "SELECT count(*) FROM drip.runs WHERE status = 'running'",
+                None,
+                &[],
+            )?
+            .first()
+            .get_one::<i64>()?
+            .unwrap_or(0);
+        let mut enqueued = Vec::new();
+        for r in c.select(
+            "SELECT id FROM drip.runs WHERE status = 'enqueued' ORDER BY id",
+            None,
+            &[],
+        )? {
+            enqueued.push(r.get::<i64>(1)?.unwrap_or_default());
+        }
+        let next_ms = c
+            .select(
+                "SELECT ceil(extract(epoch FROM min(start_at) - clock_timestamp()) * 1000)::bigint \
+                 FROM drip.runs WHERE status = 'pending'",
+                None,
+                &[],
+            )?
+            .first()
+            .get_one::<i64>()?;
+        Ok::<_, pgrx::spi::SpiError>((running, enqueued, next_ms))
+    })
+    .map_err(crate::error::DripError::from)
+    .or_raise();
+    Tick {
+        extension_gone: false,
+        has_work: running > 0 || !enqueued.is_empty() || next_ms.is_some(),
+        running: running as usize,
+        enqueued,
+        next_start_in: next_ms.map(|ms| Duration::from_millis(ms.max(0) as u64)),
+    }
+}
