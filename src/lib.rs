@@ -41,6 +41,9 @@ pub extern "C-unwind" fn _PG_init() {
     guc::define();
 }
 
+#[cfg(any(test, feature = "pg_test"))]
+mod tests;
+
 #[cfg(test)]
 pub mod pg_test {
     pub fn setup(_options: Vec<&str>) {}

@@ -3,7 +3,9 @@
 
 use std::cell::Cell;
 
-use pgrx::bgworkers::{BackgroundWorker, BackgroundWorkerBuilder};
+use pgrx::bgworkers::{
+    BackgroundWorker, BackgroundWorkerBuilder, BackgroundWorkerStatus, DynamicBackgroundWorker,
+};
 use pgrx::prelude::*;
 use pgrx::{register_xact_callback, PgXactCallbackEvent};
 
@@ -31,7 +33,8 @@ pub fn launch_scheduler(db: pg_sys::Oid) -> bool {
 }
 
 /// Start a runner for `run_id`; the scheduler (`notify_pid`) is woken when it starts and stops.
-pub fn launch_runner(db: pg_sys::Oid, run_id: i64) -> bool {
+/// The handle tells whether it is still alive.
+pub fn launch_runner(db: pg_sys::Oid, run_id: i64) -> Option<DynamicBackgroundWorker> {
     BackgroundWorkerBuilder::new(&format!("data_drip runner for run {run_id}"))
         .set_type("data_drip runner")
         .set_library("data_drip")
@@ -42,7 +45,15 @@ pub fn launch_runner(db: pg_sys::Oid, run_id: i64) -> bool {
         .set_notify_pid(wake::my_pid())
         .set_restart_time(None)
         .load_dynamic()
-        .is_ok()
+        .ok()
+}
+
+/// Whether a launched worker has exited (or could never start).
+pub fn has_exited(worker: &DynamicBackgroundWorker) -> bool {
+    matches!(
+        worker.pid(),
+        Err(BackgroundWorkerStatus::Stopped | BackgroundWorkerStatus::PostmasterDied)
+    )
 }
 
 thread_local! {

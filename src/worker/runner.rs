@@ -29,6 +29,8 @@ use crate::worker::locks::{run_key, RUNNER_KEY};
 /// How often a long sleep between batches looks at the run's status.
 const STATUS_POLL: Duration = Duration::from_millis(200);
 const BACKOFF_BASE_MS: u64 = 500;
+/// How long a new runner waits for the previous runner of its run to let go.
+const CLAIM_WAIT: Duration = Duration::from_secs(3);
 const BACKOFF_MAX_MS: u64 = 30_000;
 
 #[pg_guard]
@@ -330,11 +332,21 @@ fn backoff(attempt: i32) -> Duration {
     Duration::from_millis(base - jitter + nanos % (2 * jitter + 1))
 }
 
-/// Lock the run row; Some only while it is `running`.
+/// Lock the run row; Some only while it is `running`. A run paused and resumed while this
+/// runner was still alive (sleeping or finishing a batch) is `enqueued`: take it back.
 fn lock_running(run_id: i64) -> Option<(RunRow, i32, i64)> {
-    let run = catalog::lock_run(run_id).or_raise();
-    if run.status != RunStatus::Running {
-        return None;
+    let mut run = catalog::lock_run(run_id).or_raise();
+    match run.status {
+        RunStatus::Running => {}
+        RunStatus::Enqueued => {
+            Spi::run_with_args(
+                "UPDATE drip.runs SET worker_pid = pg_backend_pid() WHERE id = $1",
+                &[run_id.into()],
+            )
+            .or_raise_spi();
+            run = catalog::set_run_status(&run, RunStatus::Running, None).or_raise();
+        }
+        _ => return None,
     }
     let (batch_size, sleep_ms) = Spi::get_two_with_args::<i32, i64>(
         "SELECT batch_size, (extract(epoch FROM sleep) * 1000)::bigint FROM drip.runs WHERE id = $1",
@@ -389,14 +401,24 @@ fn fail_run(run_id: i64, message: &str) {
 /// Take the run's lock and move it from enqueued to running. None if another runner has it or
 /// it is no longer enqueued.
 fn claim(run_id: i64) -> Option<Runner> {
-    let got = Spi::get_one_with_args::<bool>(
-        "SELECT pg_catalog.pg_try_advisory_lock($1, $2)",
-        &[RUNNER_KEY.into(), run_key(run_id).into()],
-    )
-    .or_raise_spi()
-    .unwrap_or(false);
-    if !got {
-        return None;
+    // The previous runner of a resumed run may still be finishing; give it a moment.
+    let deadline = Instant::now() + CLAIM_WAIT;
+    loop {
+        let got = Spi::get_one_with_args::<bool>(
+            "SELECT pg_catalog.pg_try_advisory_lock($1, $2)",
+            &[RUNNER_KEY.into(), run_key(run_id).into()],
+        )
+        .or_raise_spi()
+        .unwrap_or(false);
+        if got {
+            break;
+        }
+        if Instant::now() >= deadline {
+            return None;
+        }
+        if !BackgroundWorker::wait_latch(Some(Duration::from_millis(50))) {
+            return None;
+        }
     }
     Spi::run_with_args(
         "SELECT pg_catalog.set_config('application_name', $1, false)",

@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use pgrx::bgworkers::{BackgroundWorker, SignalWakeFlags};
+use pgrx::bgworkers::{BackgroundWorker, DynamicBackgroundWorker, SignalWakeFlags};
 use pgrx::prelude::*;
 
 use crate::catalog::{self, RunRow};
@@ -38,8 +38,8 @@ pub extern "C-unwind" fn drip_scheduler_main(arg: pg_sys::Datum) {
 
 struct Scheduler {
     db: pg_sys::Oid,
-    /// Runners started but not yet seen running: run id -> launch time.
-    launching: HashMap<i64, Instant>,
+    /// Runners started but not yet seen running: run id -> (launch time, worker handle).
+    launching: HashMap<i64, (Instant, DynamicBackgroundWorker)>,
 }
 
 /// What one tick found.
@@ -146,8 +146,11 @@ impl Scheduler {
     }
 
     fn launch_runners(&mut self, tick: &Tick) {
-        self.launching
-            .retain(|id, at| tick.enqueued.contains(id) && at.elapsed() < LAUNCH_GRACE);
+        // Forget launches that claimed their run, exited without claiming it (for example
+        // because the previous runner still held the run), or never showed up.
+        self.launching.retain(|id, (at, worker)| {
+            tick.enqueued.contains(id) && at.elapsed() < LAUNCH_GRACE && !launch::has_exited(worker)
+        });
         let max = guc::MAX_RUNS.get().max(0) as usize;
         let mut free = max.saturating_sub(tick.running + self.launching.len());
         for &id in &tick.enqueued {
@@ -157,13 +160,13 @@ impl Scheduler {
             if self.launching.contains_key(&id) {
                 continue;
             }
-            if !launch::launch_runner(self.db, id) {
+            let Some(worker) = launch::launch_runner(self.db, id) else {
                 warning!(
                     "data_drip: no background worker slot free for run {id}; it stays enqueued"
                 );
                 break;
-            }
-            self.launching.insert(id, Instant::now());
+            };
+            self.launching.insert(id, (Instant::now(), worker));
             free -= 1;
         }
     }
