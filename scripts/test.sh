@@ -1,0 +1,212 @@
+#!/usr/bin/env bash
+# scripts/test.sh: the single command that runs the whole data_drip test suite.
+#
+#   scripts/test.sh              # all suites: lint, pgrx, regress
+#   scripts/test.sh regress      # only the named suites (any of lint pgrx regress)
+#
+# Suites:
+#   lint     cargo fmt --check, then cargo clippy -D warnings (both always run)
+#   pgrx     cargo pgrx test pg15 (the #[pg_test] / #[test] tests in src/)
+#   regress  install the extension into the system PostgreSQL 15, start a
+#            throwaway cluster (target/regress), run pg_regress on pg_test/
+#
+# Every requested suite runs even if an earlier one failed (set DRIP_FAIL_FAST=1
+# to stop at the first failure). The last line is "N passed, M failed"; the exit
+# status is non-zero if any suite failed. Works as root (CI: a fresh Debian 12,
+# missing deps are installed) and as an ordinary user who has the deps.
+set -euo pipefail
+
+# shellcheck source=scripts/lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+
+ROOT="$(drip_root)"
+cd "$ROOT"
+
+# Ctrl-C / kill must end the whole run, not just the current suite.
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+# ---------------------------------------------------------------------------
+# Suites. Each runs in its own subshell with `set -e` active (see run_suite),
+# so a failing command fails the suite, and clusters the suite started are
+# stopped by that subshell's EXIT trap when the suite ends.
+# ---------------------------------------------------------------------------
+
+suite_lint() {
+    local rc=0
+    drip_log "cargo fmt --check"
+    cargo fmt --check || rc=1
+    drip_log "cargo clippy"
+    # pgrx-pg-sys's build script finds pg_config through this (or config.toml).
+    PGRX_PG_CONFIG_PATH="$PG_CONFIG" \
+        cargo clippy --all-targets --features "pg15 pg_test" --no-default-features -- -D warnings || rc=1
+    return "$rc"
+}
+
+suite_pgrx() {
+    # pgrx 0.18 puts each run's PGDATA in <pgdata>/15-<pid> and the unix
+    # socket in <pgdata> itself, so <pgdata> must be writable by the user the
+    # cluster runs as, and short (socket paths are limited to 107 bytes).
+    local base="$ROOT/target/pgrx-test-data"
+    local -a cmd=(cargo pgrx test pg15 --pgdata "$base")
+
+    # Start clean: stop postmasters a killed earlier run left behind, wipe.
+    local pidfile
+    for pidfile in "$base"/*/postmaster.pid; do
+        [[ -e "$pidfile" ]] || continue
+        stop_pgdata "$(dirname "$pidfile")" || true
+    done
+    rm -rf "$base"
+    mkdir -p "$base"
+
+    if is_root; then
+        # initdb/postgres refuse root: pgrx runs them through `sudo -u postgres`
+        # and installs the extension with `cargo pgrx install --sudo`.
+        chown postgres: "$base"
+        ensure_traversable "$base"
+        cmd+=(--runas postgres)
+    else
+        # pgrx installs into the PostgreSQL registered as pg15 in config.toml;
+        # for the Debian packages those directories belong to root.
+        local cfg extdir libdir
+        cfg="$(pgrx_pg15_config)"
+        extdir="$("$cfg" --sharedir)/extension"
+        libdir="$("$cfg" --pkglibdir)"
+        if [[ ! -w "$extdir" || ! -w "$libdir" ]]; then
+            if command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null; then
+                # --runas makes pgrx install with --sudo; running the cluster
+                # "as" ourselves through sudo is otherwise a no-op.
+                cmd+=(--runas "$(id -un)")
+            else
+                drip_log "$extdir is not writable and sudo needs a password; run 'sudo -v' first, or:"
+                printf '    (cd %q && %s --runas %q)\n' "$ROOT" "${cmd[*]}" "$(id -un)" >&2
+                return 1
+            fi
+        fi
+    fi
+
+    drip_log "${cmd[*]}"
+    "${cmd[@]}" </dev/null
+}
+
+suite_regress() {
+    # pg_test/schedule (pg_regress schedule syntax: "test: a b c") if present,
+    # otherwise every pg_test/sql/*.sql in sorted (C locale) order.
+    local -a tests=()
+    if [[ -f pg_test/schedule ]]; then
+        tests=(--schedule=pg_test/schedule)
+    else
+        local f
+        while IFS= read -r f; do
+            tests+=("$(basename "$f" .sql)")
+        done < <(LC_ALL=C find pg_test/sql -maxdepth 1 -name '*.sql' -type f 2>/dev/null | LC_ALL=C sort)
+    fi
+    if ((${#tests[@]} == 0)); then
+        drip_warn "no pg_test/schedule and no pg_test/sql/*.sql: nothing to run"
+        return 1
+    fi
+
+    # A debug build is enough for scenario tests, and much faster than release + LTO.
+    DRIP_INSTALL_PROFILE="${DRIP_INSTALL_PROFILE:-dev}" install_extension
+    cluster_start regress ""
+
+    local outdir="$ROOT/target/regress/out"
+    rm -rf "$outdir"
+    mkdir -p "$outdir"
+
+    # With --use-existing pg_regress neither drops nor creates --dbname, so
+    # create it the way pg_regress would (template0 + the same settings) for
+    # stable output. pg_regress also sets PGTZ=PST8PDT, PGDATESTYLE='Postgres,
+    # MDY' and intervalstyle=postgres_verbose for its psql sessions.
+    psql_as -q <<'SQL'
+SET client_min_messages = warning;
+DROP DATABASE IF EXISTS drip_regress;
+CREATE DATABASE drip_regress TEMPLATE = template0;
+ALTER DATABASE drip_regress SET lc_messages TO 'C';
+ALTER DATABASE drip_regress SET lc_monetary TO 'C';
+ALTER DATABASE drip_regress SET lc_numeric TO 'C';
+ALTER DATABASE drip_regress SET lc_time TO 'C';
+ALTER DATABASE drip_regress SET bytea_output TO 'hex';
+ALTER DATABASE drip_regress SET timezone_abbreviations TO 'Default';
+SQL
+
+    # pg_regress itself runs as us (it writes $outdir, which we own) and
+    # connects as the cluster superuser.
+    local rc=0
+    "$PG_REGRESS" --use-existing --bindir="$PG_BIN" \
+        --host="$DRIP_PGHOST" --port="$DRIP_PGPORT" --user="$DRIP_PGUSER" \
+        --inputdir=pg_test --outputdir="$outdir" --dbname=drip_regress \
+        "${tests[@]}" </dev/null || rc=$?
+
+    if ((rc != 0)); then
+        if [[ -s "$outdir/regression.diffs" ]]; then
+            printf '\n----- %s -----\n' "$outdir/regression.diffs" >&2
+            cat "$outdir/regression.diffs" >&2
+            printf -- '----- end of regression.diffs -----\n\n' >&2
+        fi
+        drip_log "server log: $DRIP_CLUSTER_DIR/postgres.log"
+        return 1
+    fi
+    cluster_stop regress
+}
+
+# ---------------------------------------------------------------------------
+
+declare -A SUITE_DESC=(
+    [lint]="cargo fmt --check + cargo clippy -D warnings"
+    [pgrx]="cargo pgrx test pg15"
+    [regress]="pg_regress pg_test/"
+)
+ALL_SUITES=(lint pgrx regress)
+
+if (($# > 0)); then
+    SUITES=("$@")
+    for s in "${SUITES[@]}"; do
+        [[ -n "${SUITE_DESC[$s]:-}" ]] || drip_die "unknown suite '$s' (known: ${ALL_SUITES[*]})"
+    done
+else
+    SUITES=("${ALL_SUITES[@]}")
+fi
+
+ensure_deps --with-lint
+
+passed=0
+failed=0
+RESULTS=()
+
+# run_suite NAME: run suite_NAME in a subshell. set -e is ignored inside
+# anything used as a condition (if, &&, ||), so the status is collected with
+# set +e around a plain subshell that turns -e back on for itself.
+run_suite() {
+    local name="$1" rc start end
+    printf '\n======== suite %s: %s ========\n' "$name" "${SUITE_DESC[$name]}" >&2
+    start=$SECONDS
+    set +e
+    (
+        set -e
+        "suite_$name"
+    )
+    rc=$?
+    set -e
+    end=$SECONDS
+    if ((rc == 0)); then
+        passed=$((passed + 1))
+        RESULTS+=("PASS  $name ($((end - start))s)")
+    else
+        failed=$((failed + 1))
+        RESULTS+=("FAIL  $name ($((end - start))s, exit $rc)")
+    fi
+    return 0
+}
+
+for s in "${SUITES[@]}"; do
+    run_suite "$s"
+    if ((failed > 0)) && [[ "${DRIP_FAIL_FAST:-0}" == 1 ]]; then
+        break
+    fi
+done
+
+printf '\n======== summary ========\n'
+printf '%s\n' "${RESULTS[@]}"
+printf 'suites: %d passed, %d failed\n' "$passed" "$failed"
+((failed == 0))
