@@ -13,7 +13,7 @@ use crate::compile::{self, Definition, Source};
 use crate::error::{DripError, DripResult, OrRaise};
 use crate::params;
 use crate::pg::types;
-use crate::status::{Control, RunStatus};
+use crate::status::Control;
 use crate::worker::launch;
 
 fn check_batch_size(batch_size: i32) -> DripResult<()> {
@@ -223,12 +223,15 @@ fn start_impl(
 
     let row = Spi::connect_mut(|c| {
         let t = c.update(
-            "INSERT INTO drip.runs (backfill, status, params, batch_size, sleep, definition, note, \
+            &format!(
+                "INSERT INTO drip.runs (backfill, status, params, batch_size, sleep, definition, note, \
                  start_at, rows_estimated) \
              SELECT b.name, CASE WHEN $5 > now() THEN 'pending' ELSE 'enqueued' END, $2, \
                     coalesce($3, b.batch_size), coalesce($4, b.sleep), $6, $7, $5, $8 \
              FROM drip.backfills b WHERE b.name = $1 \
-             RETURNING id, backfill, status, rows_done, batches_done, worker_pid",
+             RETURNING {}",
+                catalog::RUN_COLUMNS
+            ),
             None,
             &[
                 name.into(),
@@ -241,18 +244,7 @@ fn start_impl(
                 estimate.into(),
             ],
         )?;
-        let mut out = None;
-        for r in t {
-            out = Some(catalog::RunRow {
-                id: r.get::<i64>(1)?.unwrap_or_default(),
-                backfill: r.get::<String>(2)?.unwrap_or_default(),
-                status: RunStatus::parse(&r.get::<String>(3)?.unwrap_or_default())?,
-                rows_done: 0,
-                batches_done: 0,
-                worker_pid: None,
-            });
-        }
-        Ok::<_, DripError>(out)
+        Ok::<_, DripError>(catalog::runs_from(t)?.pop())
     })?
     .ok_or_else(|| DripError::UnknownBackfill(name.to_string()))?;
     catalog::notify_run(&row, None)?;

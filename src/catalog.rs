@@ -24,20 +24,30 @@ pub struct RunRow {
     pub worker_pid: Option<i32>,
 }
 
-const RUN_COLUMNS: &str = "id, backfill, status, rows_done, batches_done, worker_pid";
+/// The columns `RunRow::from_tuple` reads, in order; use in `SELECT`/`RETURNING` lists.
+pub const RUN_COLUMNS: &str = "id, backfill, status, rows_done, batches_done, worker_pid";
 
-fn run_from(t: pgrx::spi::SpiTupleTable) -> DripResult<Option<RunRow>> {
-    if let Some(r) = t.into_iter().next() {
-        return Ok(Some(RunRow {
+impl RunRow {
+    /// Read a row selected with `RUN_COLUMNS` first.
+    pub fn from_tuple(r: &pgrx::spi::SpiHeapTupleData) -> DripResult<RunRow> {
+        Ok(RunRow {
             id: r.get::<i64>(1)?.unwrap_or_default(),
             backfill: r.get::<String>(2)?.unwrap_or_default(),
             status: RunStatus::parse(&r.get::<String>(3)?.unwrap_or_default())?,
             rows_done: r.get::<i64>(4)?.unwrap_or_default(),
             batches_done: r.get::<i64>(5)?.unwrap_or_default(),
             worker_pid: r.get::<i32>(6)?,
-        }));
+        })
     }
-    Ok(None)
+}
+
+/// Every row of a result selected with `RUN_COLUMNS` first.
+pub fn runs_from(t: pgrx::spi::SpiTupleTable) -> DripResult<Vec<RunRow>> {
+    t.map(|r| RunRow::from_tuple(&r)).collect()
+}
+
+fn run_from(t: pgrx::spi::SpiTupleTable) -> DripResult<Option<RunRow>> {
+    Ok(runs_from(t)?.into_iter().next())
 }
 
 /// Lock a run row for a status change. Errors with `UnknownRun` if it does not exist.

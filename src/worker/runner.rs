@@ -17,7 +17,7 @@ use pgrx::datum::DatumWithOid;
 use pgrx::prelude::*;
 use pgrx::JsonB;
 
-use crate::catalog::{self, RunRow};
+use crate::catalog::{self, RunRow, RUN_COLUMNS};
 use crate::compile::{Compiled, Definition};
 use crate::error::{DripError, DripResult, OrRaise};
 use crate::params;
@@ -369,22 +369,16 @@ fn release_run(run_id: i64) {
 fn advance(run_id: i64, high: &[String], rows: i64) -> RunRow {
     Spi::connect_mut(|c| {
         let t = c.update(
-            "UPDATE drip.runs SET cursor = $2, rows_done = rows_done + $3, batches_done = batches_done + 1 \
-             WHERE id = $1 RETURNING id, backfill, status, rows_done, batches_done, worker_pid",
+            &format!(
+                "UPDATE drip.runs SET cursor = $2, rows_done = rows_done + $3, \
+                 batches_done = batches_done + 1 WHERE id = $1 RETURNING {RUN_COLUMNS}"
+            ),
             None,
             &[run_id.into(), high.to_vec().into(), rows.into()],
         )?;
-        if let Some(r) = t.into_iter().next() {
-            return Ok(RunRow {
-                id: r.get::<i64>(1)?.unwrap_or_default(),
-                backfill: r.get::<String>(2)?.unwrap_or_default(),
-                status: RunStatus::Completed, // batch events report the batch's status
-                rows_done: r.get::<i64>(4)?.unwrap_or_default(),
-                batches_done: r.get::<i64>(5)?.unwrap_or_default(),
-                worker_pid: r.get::<i32>(6)?,
-            });
-        }
-        Err(DripError::UnknownRun(run_id))
+        catalog::runs_from(t)?
+            .pop()
+            .ok_or(DripError::UnknownRun(run_id))
     })
     .or_raise()
 }
@@ -427,22 +421,17 @@ fn claim(run_id: i64) -> Option<Runner> {
     .or_raise_spi();
     let claimed = Spi::connect_mut(|c| {
         let t = c.update(
-            "UPDATE drip.runs SET status = 'running', worker_pid = pg_backend_pid(), \
-                 started_at = coalesce(started_at, now()), error = NULL \
-             WHERE id = $1 AND status = 'enqueued' \
-             RETURNING id, backfill, status, rows_done, batches_done, worker_pid, definition, params, cursor",
+            &format!(
+                "UPDATE drip.runs SET status = 'running', worker_pid = pg_backend_pid(), \
+                     started_at = coalesce(started_at, now()), error = NULL \
+                 WHERE id = $1 AND status = 'enqueued' \
+                 RETURNING {RUN_COLUMNS}, definition, params, cursor"
+            ),
             None,
             &[run_id.into()],
         )?;
         if let Some(r) = t.into_iter().next() {
-            let row = RunRow {
-                id: r.get::<i64>(1)?.unwrap_or_default(),
-                backfill: r.get::<String>(2)?.unwrap_or_default(),
-                status: RunStatus::Running,
-                rows_done: r.get::<i64>(4)?.unwrap_or_default(),
-                batches_done: r.get::<i64>(5)?.unwrap_or_default(),
-                worker_pid: r.get::<i32>(6)?,
-            };
+            let row = RunRow::from_tuple(&r)?;
             let def = r.get::<JsonB>(7)?.map(|j| j.0).unwrap_or_default();
             let values = r.get::<JsonB>(8)?.map(|j| j.0).unwrap_or_default();
             let cursor = r.get::<Vec<String>>(9)?;

@@ -8,11 +8,10 @@ use std::time::{Duration, Instant};
 use pgrx::bgworkers::{BackgroundWorker, DynamicBackgroundWorker, SignalWakeFlags};
 use pgrx::prelude::*;
 
-use crate::catalog::{self, RunRow};
+use crate::catalog::{self, RunRow, RUN_COLUMNS};
 use crate::error::OrRaise;
 use crate::guc;
 use crate::pg::{signals, transaction, wake};
-use crate::status::RunStatus;
 use crate::worker::launch;
 use crate::worker::locks::{RUNNER_ALIVE_SQL, SCHEDULER_KEY};
 
@@ -173,22 +172,7 @@ impl Scheduler {
 }
 
 fn run_rows(sql: &str) -> Vec<RunRow> {
-    Spi::connect_mut(|c| {
-        let t = c.update(sql, None, &[])?;
-        let mut out = Vec::new();
-        for r in t {
-            out.push(RunRow {
-                id: r.get::<i64>(1)?.unwrap_or_default(),
-                backfill: r.get::<String>(2)?.unwrap_or_default(),
-                status: RunStatus::parse(&r.get::<String>(3)?.unwrap_or_default())?,
-                rows_done: r.get::<i64>(4)?.unwrap_or_default(),
-                batches_done: r.get::<i64>(5)?.unwrap_or_default(),
-                worker_pid: r.get::<i32>(6)?,
-            });
-        }
-        Ok::<_, crate::error::DripError>(out)
-    })
-    .or_raise()
+    Spi::connect_mut(|c| catalog::runs_from(c.update(sql, None, &[])?)).or_raise()
 }
 
 /// One pass over the runs, in the caller's transaction.
@@ -213,16 +197,16 @@ fn tick() -> Tick {
     for row in run_rows(&format!(
         "UPDATE drip.runs r SET status = 'enqueued', worker_pid = NULL \
          WHERE r.status = 'running' AND NOT {RUNNER_ALIVE_SQL} \
-         RETURNING id, backfill, status, rows_done, batches_done, worker_pid"
+         RETURNING {RUN_COLUMNS}"
     )) {
         log!("data_drip: run {} lost its worker; enqueued again", row.id);
         catalog::notify_run(&row, None).or_raise();
     }
     // Pending runs whose time has come.
-    for row in run_rows(
+    for row in run_rows(&format!(
         "UPDATE drip.runs SET status = 'enqueued' WHERE status = 'pending' AND start_at <= now() \
-         RETURNING id, backfill, status, rows_done, batches_done, worker_pid",
-    ) {
+         RETURNING {RUN_COLUMNS}"
+    )) {
         catalog::notify_run(&row, None).or_raise();
     }
     let (running, enqueued, next_ms) = Spi::connect(|c| {
