@@ -12,6 +12,8 @@ CREATE TABLE drip.backfills (
     batch_size    integer NOT NULL CHECK (batch_size >= 1),
     sleep         interval NOT NULL CHECK (sleep >= '0'),
     max_attempts  integer NOT NULL CHECK (max_attempts >= 1),
+    lock_timeout  interval NOT NULL DEFAULT '1 second' CHECK (lock_timeout >= '0'),
+    statement_timeout interval NOT NULL DEFAULT '1 minute' CHECK (statement_timeout >= '0'),
     description   text,
     owner         regrole NOT NULL,
     created_at    timestamptz NOT NULL DEFAULT now(),
@@ -24,6 +26,8 @@ COMMENT ON COLUMN drip.backfills.scope IS 'Boolean SQL expression selecting the 
 COMMENT ON COLUMN drip.backfills.params IS 'Declared parameters, canonical form {"name": {"type": ..., "default": ..., "required": ...}}.';
 COMMENT ON COLUMN drip.backfills.key IS 'Key columns walked in keyset order (default: the primary key).';
 COMMENT ON COLUMN drip.backfills.owner IS 'Role that registered the backfill.';
+COMMENT ON COLUMN drip.backfills.lock_timeout IS 'lock_timeout of each batch: a batch loses a lock fight with live traffic instead of winning it (0 = none).';
+COMMENT ON COLUMN drip.backfills.statement_timeout IS 'Limit on each batch statement (0 = none).';
 
 CREATE TABLE drip.runs (
     id             bigserial PRIMARY KEY,
@@ -32,6 +36,8 @@ CREATE TABLE drip.runs (
     params         jsonb NOT NULL DEFAULT '{}',
     batch_size     integer NOT NULL CHECK (batch_size >= 1),
     sleep          interval NOT NULL CHECK (sleep >= '0'),
+    lock_timeout   interval NOT NULL CHECK (lock_timeout >= '0'),
+    statement_timeout interval NOT NULL CHECK (statement_timeout >= '0'),
     cursor         text[],
     rows_done      bigint NOT NULL DEFAULT 0,
     batches_done   bigint NOT NULL DEFAULT 0,

@@ -25,13 +25,30 @@ fn check_batch_size(batch_size: i32) -> DripResult<()> {
     Ok(())
 }
 
-fn check_sleep(sleep: &Interval) -> DripResult<()> {
-    let negative = Spi::get_one_with_args::<bool>("SELECT $1 < interval '0'", &[(*sleep).into()])?
+fn check_interval(what: &str, value: &Interval) -> DripResult<()> {
+    let negative = Spi::get_one_with_args::<bool>("SELECT $1 < interval '0'", &[(*value).into()])?
         .unwrap_or(false);
     if negative {
-        return Err(DripError::BadOption("sleep must not be negative".into()));
+        return Err(DripError::BadOption(format!("{what} must not be negative")));
     }
     Ok(())
+}
+
+/// The batch settings shared by `register` (defaults of the backfill) and `start` (overrides).
+struct BatchOptions {
+    batch_size: i32,
+    sleep: Interval,
+    lock_timeout: Interval,
+    statement_timeout: Interval,
+}
+
+impl BatchOptions {
+    fn check(&self) -> DripResult<()> {
+        check_batch_size(self.batch_size)?;
+        check_interval("sleep", &self.sleep)?;
+        check_interval("lock_timeout", &self.lock_timeout)?;
+        check_interval("statement_timeout", &self.statement_timeout)
+    }
 }
 
 /// Validate and store a definition. Called by the SQL function `drip.register`, which returns
@@ -50,64 +67,67 @@ fn register_internal(
     max_attempts: i32,
     description: Option<&str>,
     replace: bool,
+    lock_timeout: Interval,
+    statement_timeout: Interval,
 ) {
-    register_impl(
+    let definition = NewBackfill {
         name,
         relation,
         action,
-        scope,
-        params,
+        scope: scope.filter(|s| !s.trim().is_empty()),
+        params: params
+            .map(|j| j.0)
+            .unwrap_or(Value::Object(Default::default())),
         key,
-        batch_size,
-        sleep,
         max_attempts,
         description,
-        replace,
-    )
-    .or_raise();
+    };
+    let options = BatchOptions {
+        batch_size,
+        sleep,
+        lock_timeout,
+        statement_timeout,
+    };
+    register_impl(&definition, &options, replace).or_raise();
     launch::recover_on_commit().or_raise();
 }
 
-#[allow(clippy::too_many_arguments)]
-fn register_impl(
-    name: &str,
+/// What `register` is asked to store.
+struct NewBackfill<'a> {
+    name: &'a str,
     relation: pg_sys::Oid,
-    action: &str,
-    scope: Option<&str>,
-    params: Option<JsonB>,
+    action: &'a str,
+    scope: Option<&'a str>,
+    params: Value,
     key: Option<Vec<String>>,
-    batch_size: i32,
-    sleep: Interval,
     max_attempts: i32,
-    description: Option<&str>,
-    replace: bool,
-) -> DripResult<()> {
+    description: Option<&'a str>,
+}
+
+fn register_impl(def: &NewBackfill, options: &BatchOptions, replace: bool) -> DripResult<()> {
+    let name = def.name;
     if name.is_empty() || name.len() > 63 {
         return Err(DripError::BadOption(
             "name must be 1 to 63 bytes long".into(),
         ));
     }
-    check_batch_size(batch_size)?;
-    check_sleep(&sleep)?;
-    if max_attempts < 1 {
+    options.check()?;
+    if def.max_attempts < 1 {
         return Err(DripError::BadOption(format!(
-            "max_attempts must be at least 1, got {max_attempts}"
+            "max_attempts must be at least 1, got {}",
+            def.max_attempts
         )));
     }
-    let params = params
-        .map(|j| j.0)
-        .unwrap_or(Value::Object(Default::default()));
     let compiled = compile::compile(&Source {
-        relation_oid: relation,
-        action,
-        scope,
-        params: &params,
-        key: key.as_deref(),
+        relation_oid: def.relation,
+        action: def.action,
+        scope: def.scope,
+        params: &def.params,
+        key: def.key.as_deref(),
     })?;
     compiled.validate()?;
-    let decls = params::parse_declarations(&params)?;
+    let decls = params::parse_declarations(&def.params)?;
     let key_names: Vec<String> = compiled.keys.iter().map(|k| k.name.clone()).collect();
-    let scope = scope.filter(|s| !s.trim().is_empty());
 
     let exists = Spi::get_one_with_args::<bool>(
         "SELECT EXISTS (SELECT 1 FROM drip.backfills WHERE name = $1)",
@@ -120,26 +140,30 @@ fn register_impl(
     Spi::connect_mut(|c| {
         c.update(
             "INSERT INTO drip.backfills AS b (name, relation, action, action_kind, scope, params, key, \
-                 batch_size, sleep, max_attempts, description, owner) \
-             VALUES ($1, $2::oid::regclass, $3, $4, $5, $6, $7, $8, $9, $10, $11, current_user::regrole) \
+                 batch_size, sleep, max_attempts, description, owner, lock_timeout, statement_timeout) \
+             VALUES ($1, $2::oid::regclass, $3, $4, $5, $6, $7, $8, $9, $10, $11, current_user::regrole, \
+                 $12, $13) \
              ON CONFLICT (name) DO UPDATE SET relation = excluded.relation, action = excluded.action, \
                  action_kind = excluded.action_kind, scope = excluded.scope, params = excluded.params, \
                  key = excluded.key, batch_size = excluded.batch_size, sleep = excluded.sleep, \
                  max_attempts = excluded.max_attempts, description = excluded.description, \
-                 owner = excluded.owner, updated_at = now()",
+                 owner = excluded.owner, lock_timeout = excluded.lock_timeout, \
+                 statement_timeout = excluded.statement_timeout, updated_at = now()",
             None,
             &[
                 name.into(),
-                relation.into(),
+                def.relation.into(),
                 compiled.action_text.as_str().into(),
                 compiled.kind.as_str().into(),
-                scope.into(),
+                def.scope.into(),
                 JsonB(params::declarations_to_json(&decls)).into(),
                 key_names.into(),
-                batch_size.into(),
-                sleep.into(),
-                max_attempts.into(),
-                description.into(),
+                options.batch_size.into(),
+                options.sleep.into(),
+                def.max_attempts.into(),
+                def.description.into(),
+                options.lock_timeout.into(),
+                options.statement_timeout.into(),
             ],
         )
         .map(|_| ())
@@ -170,6 +194,7 @@ fn unregister_impl(name: &str) -> DripResult<()> {
 /// Start a run of a backfill with parameter values; returns the run id. The run becomes
 /// visible to the worker when the calling transaction commits.
 #[pg_extern(volatile, parallel_unsafe)]
+#[allow(clippy::too_many_arguments)]
 fn start(
     name: &str,
     params: default!(Option<JsonB>, "'{}'"),
@@ -177,17 +202,50 @@ fn start(
     sleep: default!(Option<Interval>, "NULL"),
     start_at: default!(Option<TimestampWithTimeZone>, "NULL"),
     note: default!(Option<&str>, "NULL"),
+    lock_timeout: default!(Option<Interval>, "NULL"),
+    statement_timeout: default!(Option<Interval>, "NULL"),
 ) -> i64 {
-    let id = start_impl(name, params, batch_size, sleep, start_at, note).or_raise();
+    let overrides = RunOverrides {
+        batch_size,
+        sleep,
+        lock_timeout,
+        statement_timeout,
+    };
+    let id = start_impl(name, params, &overrides, start_at, note).or_raise();
     launch::recover_on_commit().or_raise();
     id
+}
+
+/// Batch settings given to `start`; NULL keeps the backfill's.
+struct RunOverrides {
+    batch_size: Option<i32>,
+    sleep: Option<Interval>,
+    lock_timeout: Option<Interval>,
+    statement_timeout: Option<Interval>,
+}
+
+impl RunOverrides {
+    fn check(&self) -> DripResult<()> {
+        if let Some(b) = self.batch_size {
+            check_batch_size(b)?;
+        }
+        for (what, v) in [
+            ("sleep", &self.sleep),
+            ("lock_timeout", &self.lock_timeout),
+            ("statement_timeout", &self.statement_timeout),
+        ] {
+            if let Some(v) = v {
+                check_interval(what, v)?;
+            }
+        }
+        Ok(())
+    }
 }
 
 fn start_impl(
     name: &str,
     values: Option<JsonB>,
-    batch_size: Option<i32>,
-    sleep: Option<Interval>,
+    overrides: &RunOverrides,
     start_at: Option<TimestampWithTimeZone>,
     note: Option<&str>,
 ) -> DripResult<i64> {
@@ -199,12 +257,7 @@ fn start_impl(
             status,
         });
     }
-    if let Some(b) = batch_size {
-        check_batch_size(b)?;
-    }
-    if let Some(s) = &sleep {
-        check_sleep(s)?;
-    }
+    overrides.check()?;
     let def = Definition::from_json(&definition)?;
     let compiled = def.compile()?;
     let decls: Vec<params::ParamDecl> = compiled.params.iter().map(|(d, _)| d.clone()).collect();
@@ -225,9 +278,10 @@ fn start_impl(
         let t = c.update(
             &format!(
                 "INSERT INTO drip.runs (backfill, status, params, batch_size, sleep, definition, note, \
-                 start_at, rows_estimated) \
+                 start_at, rows_estimated, lock_timeout, statement_timeout) \
              SELECT b.name, CASE WHEN $5 > now() THEN 'pending' ELSE 'enqueued' END, $2, \
-                    coalesce($3, b.batch_size), coalesce($4, b.sleep), $6, $7, $5, $8 \
+                    coalesce($3, b.batch_size), coalesce($4, b.sleep), $6, $7, $5, $8, \
+                    coalesce($9, b.lock_timeout), coalesce($10, b.statement_timeout) \
              FROM drip.backfills b WHERE b.name = $1 \
              RETURNING {}",
                 catalog::RUN_COLUMNS
@@ -236,12 +290,14 @@ fn start_impl(
             &[
                 name.into(),
                 JsonB(params::values_to_json(&decls, &effective)).into(),
-                batch_size.into(),
-                sleep.into(),
+                overrides.batch_size.into(),
+                overrides.sleep.into(),
                 start_at.into(),
                 JsonB(definition.clone()).into(),
                 note.into(),
                 estimate.into(),
+                overrides.lock_timeout.into(),
+                overrides.statement_timeout.into(),
             ],
         )?;
         Ok::<_, DripError>(catalog::runs_from(t)?.pop())
@@ -307,6 +363,32 @@ fn stop(run_id: i64) -> String {
     s
 }
 
+/// Move a failed or stopped run back to enqueued; it goes on from its cursor with fresh attempts.
+/// Another active run of the same backfill blocks it. Returns the new status.
+#[pg_extern(volatile, parallel_unsafe)]
+fn retry(run_id: i64) -> String {
+    let s = retry_impl(run_id).or_raise();
+    launch::recover_on_commit().or_raise();
+    s
+}
+
+fn retry_impl(run_id: i64) -> DripResult<String> {
+    let run = catalog::lock_run(run_id)?;
+    let to = Control::Retry.apply(run_id, run.status)?;
+    catalog::definition_for_update(&run.backfill)?;
+    if let Some((other, status)) = catalog::active_run(&run.backfill)? {
+        return Err(DripError::ActiveRunExists {
+            backfill: run.backfill.clone(),
+            run_id: other,
+            status,
+        });
+    }
+    Ok(catalog::set_run_status(&run, to, None)?
+        .status
+        .as_str()
+        .to_string())
+}
+
 extension_sql!(
     r#"
 CREATE FUNCTION drip.register(
@@ -314,12 +396,14 @@ CREATE FUNCTION drip.register(
     scope text DEFAULT NULL, params jsonb DEFAULT '{}', key text[] DEFAULT NULL,
     batch_size integer DEFAULT 1000, sleep interval DEFAULT '100 milliseconds',
     max_attempts integer DEFAULT 3, description text DEFAULT NULL,
-    replace boolean DEFAULT false) RETURNS drip.backfills
+    replace boolean DEFAULT false,
+    lock_timeout interval DEFAULT '1 second', statement_timeout interval DEFAULT '1 minute')
+    RETURNS drip.backfills
 LANGUAGE sql VOLATILE AS $fn$
-    SELECT drip.register_internal($1, $2::oid, $3, $4, $5, $6, $7, $8, $9, $10, $11);
+    SELECT drip.register_internal($1, $2::oid, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13);
     SELECT * FROM drip.backfills WHERE backfills.name = $1;
 $fn$;
-COMMENT ON FUNCTION drip.register(text, regclass, text, text, jsonb, text[], integer, interval, integer, text, boolean)
+COMMENT ON FUNCTION drip.register(text, regclass, text, text, jsonb, text[], integer, interval, integer, text, boolean, interval, interval)
     IS 'Define (or with replace => true redefine) a backfill; validates everything up front.';
 "#,
     name = "register_wrapper",

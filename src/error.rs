@@ -155,7 +155,7 @@ impl DripError {
                 format!("Stop it first with SELECT drip.stop({run_id}), or wait for it to finish.")
             }
             DripError::WrongStatus { .. } => {
-                "pause applies to enqueued or running runs, resume to paused runs, stop to pending, enqueued, running or paused runs.".into()
+                "pause applies to enqueued or running runs, resume to paused runs, stop to pending, enqueued, running or paused runs, retry to failed or stopped runs.".into()
             }
             DripError::BadOption(_) => "batch_size must be at least 1 and sleep must not be negative.".into(),
             _ => return None,

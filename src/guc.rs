@@ -1,11 +1,22 @@
 //! Settings (GUCs) of data_drip.
 
+use std::ffi::CString;
+
 use pgrx::guc::{GucContext, GucFlags, GucRegistry, GucSetting};
 
 /// Most runs executing at once in one database; more wait as `enqueued`.
 pub static MAX_RUNS: GucSetting<i32> = GucSetting::<i32>::new(2);
 
-pub fn define() {
+/// Database the launcher connects to in order to list databases (with shared_preload_libraries).
+pub static LAUNCHER_DATABASE: GucSetting<Option<CString>> =
+    GucSetting::<Option<CString>>::new(Some(c"postgres"));
+
+/// Seconds between the launcher's looks at each database.
+pub static LAUNCHER_INTERVAL: GucSetting<i32> = GucSetting::<i32>::new(10);
+
+/// Define the settings. `in_preload`: the library is loaded by shared_preload_libraries, the
+/// only time a postmaster-level setting may be defined.
+pub fn define(in_preload: bool) {
     GucRegistry::define_int_guc(
         c"drip.max_runs",
         c"Maximum number of backfill runs executing at once per database.",
@@ -16,4 +27,33 @@ pub fn define() {
         GucContext::Sighup,
         GucFlags::default(),
     );
+    if !in_preload {
+        return;
+    }
+    GucRegistry::define_string_guc(
+        c"drip.launcher_database",
+        c"Database the data_drip launcher connects to in order to list databases.",
+        c"Only used when data_drip is in shared_preload_libraries.",
+        &LAUNCHER_DATABASE,
+        GucContext::Postmaster,
+        GucFlags::default(),
+    );
+    GucRegistry::define_int_guc(
+        c"drip.launcher_interval",
+        c"Seconds between the launcher's checks of each database for runs to resume.",
+        c"Only used when data_drip is in shared_preload_libraries.",
+        &LAUNCHER_INTERVAL,
+        1,
+        3600,
+        GucContext::Sighup,
+        GucFlags::UNIT_S,
+    );
+}
+
+/// The launcher database's name.
+pub fn launcher_database() -> String {
+    LAUNCHER_DATABASE
+        .get()
+        .map(|c| c.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "postgres".to_string())
 }

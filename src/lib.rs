@@ -38,7 +38,11 @@ extension_sql_file!(
 
 #[pg_guard]
 pub extern "C-unwind" fn _PG_init() {
-    guc::define();
+    let preload = pg::preload::in_shared_preload_libraries();
+    guc::define(preload);
+    if preload {
+        worker::launcher::register();
+    }
 }
 
 #[cfg(any(test, feature = "pg_test"))]

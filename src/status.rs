@@ -67,6 +67,8 @@ pub enum Control {
     Pause,
     Resume,
     Stop,
+    /// A failed or stopped run goes on from its cursor.
+    Retry,
 }
 
 impl Control {
@@ -75,6 +77,7 @@ impl Control {
             Control::Pause => "pause",
             Control::Resume => "resume",
             Control::Stop => "stop",
+            Control::Retry => "retry",
         }
     }
 
@@ -85,6 +88,7 @@ impl Control {
             (Control::Pause, Enqueued | Running) => Paused,
             (Control::Resume, Paused) => Enqueued,
             (Control::Stop, Pending | Enqueued | Running | Paused) => Stopped,
+            (Control::Retry, Failed | Stopped) => Enqueued,
             _ => {
                 return Err(DripError::WrongStatus {
                     action: self.verb(),
@@ -127,7 +131,11 @@ mod tests {
         assert_eq!(Control::Resume.apply(1, Paused).unwrap(), Enqueued);
         for s in [Pending, Enqueued, Running, Paused] {
             assert_eq!(Control::Stop.apply(1, s).unwrap(), Stopped);
+            assert!(Control::Retry.apply(1, s).is_err());
         }
+        assert_eq!(Control::Retry.apply(1, Failed).unwrap(), Enqueued);
+        assert_eq!(Control::Retry.apply(1, Stopped).unwrap(), Enqueued);
+        assert!(Control::Retry.apply(1, Completed).is_err());
     }
 
     #[test]

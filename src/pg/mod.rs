@@ -2,7 +2,9 @@
 //! behind a safe function whose comment says why it is sound. Domain modules never touch
 //! `pg_sys` directly.
 
+pub mod preload;
 pub mod signals;
+pub mod timeout;
 pub mod transaction;
 pub mod types;
 pub mod wake;

@@ -13,23 +13,39 @@ use crate::catalog;
 use crate::error::DripResult;
 use crate::pg::wake;
 
+fn scheduler_builder(db: pg_sys::Oid) -> BackgroundWorkerBuilder {
+    BackgroundWorkerBuilder::new(&format!("data_drip scheduler for database {}", db.to_u32()))
+        .set_type("data_drip scheduler")
+        .set_library("data_drip")
+        .set_function("drip_scheduler_main")
+        .enable_spi_access()
+        .set_argument(db.into_datum())
+        .set_restart_time(None)
+}
+
+/// Marker in a scheduler's extra bytes: started by the launcher to look for work; it exits at
+/// once if there is none.
+pub const PROBE: &str = "probe";
+
 /// Start the scheduler of database `db`. A second scheduler notices the first (by its lock),
 /// wakes it and exits. Returns false when no worker slot is free.
 pub fn launch_scheduler(db: pg_sys::Oid) -> bool {
-    let ok =
-        BackgroundWorkerBuilder::new(&format!("data_drip scheduler for database {}", db.to_u32()))
-            .set_type("data_drip scheduler")
-            .set_library("data_drip")
-            .set_function("drip_scheduler_main")
-            .enable_spi_access()
-            .set_argument(db.into_datum())
-            .set_restart_time(None)
-            .load_dynamic()
-            .is_ok();
+    let ok = scheduler_builder(db).load_dynamic().is_ok();
     if !ok {
-        warning!("data_drip: no background worker slot free for the scheduler; raise max_worker_processes");
+        warning!(
+            "data_drip: no background worker slot free for the scheduler; raise max_worker_processes"
+        );
     }
     ok
+}
+
+/// Start a probing scheduler for the launcher, which tracks it through the handle.
+pub fn launch_scheduler_tracked(db: pg_sys::Oid) -> Option<DynamicBackgroundWorker> {
+    scheduler_builder(db)
+        .set_extra(PROBE)
+        .set_notify_pid(wake::my_pid())
+        .load_dynamic()
+        .ok()
 }
 
 /// Start a runner for `run_id`; the scheduler (`notify_pid`) is woken when it starts and stops.

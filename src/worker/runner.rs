@@ -21,7 +21,7 @@ use crate::catalog::{self, RunRow, RUN_COLUMNS};
 use crate::compile::{Compiled, Definition};
 use crate::error::{DripError, DripResult, OrRaise};
 use crate::params;
-use crate::pg::{signals, transaction, types};
+use crate::pg::{signals, timeout, transaction, types};
 use crate::status::{BatchStatus, RunStatus};
 use crate::worker::launch;
 use crate::worker::locks::{run_key, RUNNER_KEY};
@@ -82,8 +82,17 @@ struct Runner {
     retry: Option<Batch>,
 }
 
+/// The run's batch settings, read before each batch so changes apply from the next one.
+#[derive(Debug, Clone, Copy)]
+struct Settings {
+    batch_size: i32,
+    sleep: Duration,
+    lock_timeout_ms: i64,
+    statement_timeout: Duration,
+}
+
 enum Step {
-    Batch(Batch, i64),
+    Batch(Batch, Settings),
     Exit,
 }
 
@@ -91,8 +100,8 @@ impl Runner {
     fn main(mut self) {
         loop {
             let step = transaction::run(|| self.mark_next());
-            let (batch, sleep_ms) = match step {
-                Ok(Step::Batch(b, sleep_ms)) => (b, sleep_ms),
+            let (batch, settings) = match step {
+                Ok(Step::Batch(b, settings)) => (b, settings),
                 Ok(Step::Exit) => return,
                 Err(e) => {
                     // The run cannot go on (its table was dropped, the boundary query fails...).
@@ -100,11 +109,11 @@ impl Runner {
                     return;
                 }
             };
-            match transaction::run(|| self.work(&batch)) {
+            match transaction::run(|| self.work(&batch, &settings)) {
                 Ok(()) => {
                     self.cursor = Some(batch.high.clone());
                     self.retry = None;
-                    if !self.sleep(Duration::from_millis(sleep_ms.max(0) as u64)) {
+                    if !self.sleep(settings.sleep) {
                         return;
                     }
                 }
@@ -138,7 +147,7 @@ impl Runner {
         // The marker may be lost in a crash without harm (the batch is then simply not recorded
         // yet); the work transaction's synchronous commit flushes it anyway.
         Spi::run("SET LOCAL synchronous_commit = off").or_raise_spi();
-        let Some((run, batch_size, sleep_ms)) = lock_running(self.run_id) else {
+        let Some((run, settings)) = lock_running(self.run_id) else {
             release_run(self.run_id);
             return Step::Exit;
         };
@@ -146,16 +155,16 @@ impl Runner {
         if let Some(b) = self.retry.clone() {
             Spi::run_with_args(
                 "UPDATE drip.batches SET status = 'running', attempts = $3, started_at = clock_timestamp(), \
-                 finished_at = NULL, error = NULL, sqlstate = NULL, rows = NULL \
+                 finished_at = NULL, rows = NULL \
                  WHERE run_id = $1 AND batch_no = $2",
                 &[self.run_id.into(), b.no.into(), b.attempts.into()],
             )
             .or_raise_spi();
             catalog::notify_batch(&run, BatchStatus::Running, b.no, 0, None).or_raise();
-            return Step::Batch(b, sleep_ms);
+            return Step::Batch(b, settings);
         }
 
-        let Some((high, keys)) = self.boundary(batch_size) else {
+        let Some((high, keys)) = self.boundary(settings.batch_size) else {
             let done = catalog::set_run_status(&run, RunStatus::Completed, None).or_raise();
             log!(
                 "data_drip run {} completed: {} rows in {} batches",
@@ -190,7 +199,7 @@ impl Runner {
                 high,
                 attempts: 1,
             },
-            sleep_ms,
+            settings,
         )
     }
 
@@ -231,7 +240,13 @@ impl Runner {
     }
 
     /// Transaction 2 of a batch: the work, the batch row and the cursor, committed together.
-    fn work(&self, b: &Batch) {
+    fn work(&self, b: &Batch, settings: &Settings) {
+        // A batch must lose a lock fight with live traffic, not win it.
+        Spi::run_with_args(
+            "SELECT pg_catalog.set_config('lock_timeout', $1, true)",
+            &[format!("{}ms", settings.lock_timeout_ms).into()],
+        )
+        .or_raise_spi();
         let mut args: Vec<DatumWithOid> = Vec::new();
         for ((decl, ty), text) in self.compiled.params.iter().zip(&self.param_texts) {
             args.push(types::input_datum(ty.oid, text.as_deref(), &decl.name).or_raise());
@@ -251,9 +266,15 @@ impl Runner {
         } else {
             &self.compiled.sql.work_first
         };
-        let rows =
+        let rows = {
+            // Only the user's statement is limited; our bookkeeping below is not.
+            let _limit = timeout::StatementTimeout::arm(settings.statement_timeout);
             Spi::connect_mut(|c| c.update(sql.as_str(), None, &args).map(|t| t.len() as i64))
-                .or_raise_spi();
+                .or_raise_spi()
+        };
+        // Our own bookkeeping waits for locks as long as it must (pause/stop hold the run row
+        // only briefly).
+        Spi::run("SELECT pg_catalog.set_config('lock_timeout', '0', true)").or_raise_spi();
 
         Spi::run_with_args(
             "UPDATE drip.batches SET status = 'completed', rows = $3, finished_at = clock_timestamp() \
@@ -334,7 +355,7 @@ fn backoff(attempt: i32) -> Duration {
 
 /// Lock the run row; Some only while it is `running`. A run paused and resumed while this
 /// runner was still alive (sleeping or finishing a batch) is `enqueued`: take it back.
-fn lock_running(run_id: i64) -> Option<(RunRow, i32, i64)> {
+fn lock_running(run_id: i64) -> Option<(RunRow, Settings)> {
     let mut run = catalog::lock_run(run_id).or_raise();
     match run.status {
         RunStatus::Running => {}
@@ -348,12 +369,30 @@ fn lock_running(run_id: i64) -> Option<(RunRow, i32, i64)> {
         }
         _ => return None,
     }
-    let (batch_size, sleep_ms) = Spi::get_two_with_args::<i32, i64>(
-        "SELECT batch_size, (extract(epoch FROM sleep) * 1000)::bigint FROM drip.runs WHERE id = $1",
-        &[run_id.into()],
-    )
+    let settings = Spi::connect(|c| {
+        let t = c.select(
+            "SELECT batch_size, (extract(epoch FROM sleep) * 1000)::bigint, \
+                    (extract(epoch FROM lock_timeout) * 1000)::bigint, \
+                    (extract(epoch FROM statement_timeout) * 1000)::bigint \
+             FROM drip.runs WHERE id = $1",
+            None,
+            &[run_id.into()],
+        )?;
+        let r = t.first();
+        let ms = |i: usize| -> Result<Duration, pgrx::spi::SpiError> {
+            Ok(Duration::from_millis(
+                r.get::<i64>(i)?.unwrap_or(0).max(0) as u64
+            ))
+        };
+        Ok::<_, pgrx::spi::SpiError>(Settings {
+            batch_size: r.get::<i32>(1)?.unwrap_or(1000),
+            sleep: ms(2)?,
+            lock_timeout_ms: r.get::<i64>(3)?.unwrap_or(0).max(0),
+            statement_timeout: ms(4)?,
+        })
+    })
     .or_raise_spi();
-    Some((run, batch_size.unwrap_or(1000), sleep_ms.unwrap_or(0)))
+    Some((run, settings))
 }
 
 /// This runner no longer executes the run.

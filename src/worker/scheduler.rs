@@ -31,6 +31,7 @@ pub extern "C-unwind" fn drip_scheduler_main(arg: pg_sys::Datum) {
     Scheduler {
         db,
         launching: HashMap::new(),
+        probe: BackgroundWorker::get_extra() == launch::PROBE,
     }
     .main();
 }
@@ -39,6 +40,8 @@ struct Scheduler {
     db: pg_sys::Oid,
     /// Runners started but not yet seen running: run id -> (launch time, worker handle).
     launching: HashMap<i64, (Instant, DynamicBackgroundWorker)>,
+    /// Started by the launcher: leave at once if the first look finds nothing to do.
+    probe: bool,
 }
 
 /// What one tick found.
@@ -76,9 +79,15 @@ impl Scheduler {
                 }
             };
             if tick.extension_gone {
-                log!("data_drip scheduler: extension dropped, exiting");
+                if !self.probe {
+                    log!("data_drip scheduler: extension dropped, exiting");
+                }
                 return;
             }
+            if self.probe && !tick.has_work {
+                return;
+            }
+            self.probe = false;
             self.launch_runners(&tick);
 
             if tick.has_work {

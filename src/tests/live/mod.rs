@@ -9,6 +9,7 @@ mod bad_input;
 mod control;
 mod engine;
 mod events;
+mod resilience;
 
 /// Live tests share one database and the `drip.max_runs` slots, so they run one at a time.
 static SERIAL: Mutex<()> = Mutex::new(());
