@@ -1,14 +1,16 @@
 #!/usr/bin/env bash
 # scripts/test.sh: the single command that runs the whole data_drip test suite.
 #
-#   scripts/test.sh              # all suites: lint, pgrx, regress
-#   scripts/test.sh regress      # only the named suites (any of lint pgrx regress)
+#   scripts/test.sh              # all suites: lint, pgrx, regress, faults
+#   scripts/test.sh regress      # only the named suites (any of lint pgrx regress faults)
 #
 # Suites:
 #   lint     cargo fmt --check, then cargo clippy -D warnings (both always run)
 #   pgrx     cargo pgrx test pg15 (the #[pg_test] / #[test] tests in src/)
 #   regress  install the extension into the system PostgreSQL 15, start a
 #            throwaway cluster (target/regress), run pg_regress on pg_test/
+#   faults   fault injection (SIGKILL, crash restarts, immediate stops,
+#            pg_terminate_backend, failing batches) on a cluster the test owns
 #
 # Every requested suite runs even if an earlier one failed (set DRIP_FAIL_FAST=1
 # to stop at the first failure). The last line is "N passed, M failed"; the exit
@@ -150,14 +152,23 @@ SQL
     cluster_stop regress
 }
 
+suite_faults() {
+    # The fault-injection suite owns its cluster (target/faults); it needs the extension
+    # installed in the system PostgreSQL and cargo's test runner for tests/faults.rs.
+    DRIP_INSTALL_PROFILE="${DRIP_INSTALL_PROFILE:-dev}" install_extension
+    PGRX_PG_CONFIG_PATH="$PG_CONFIG" \
+        cargo test --test faults -- --ignored --nocapture --test-threads=1 </dev/null
+}
+
 # ---------------------------------------------------------------------------
 
 declare -A SUITE_DESC=(
     [lint]="cargo fmt --check + cargo clippy -D warnings"
     [pgrx]="cargo pgrx test pg15"
     [regress]="pg_regress pg_test/"
+    [faults]="fault injection on an owned cluster (tests/faults.rs)"
 )
-ALL_SUITES=(lint pgrx regress)
+ALL_SUITES=(lint pgrx regress faults)
 
 if (($# > 0)); then
     SUITES=("$@")

@@ -144,9 +144,8 @@ impl Runner {
 
     /// Transaction 1 of a batch: decide what to do next and mark the batch running.
     fn mark_next(&mut self) -> Step {
-        // The marker may be lost in a crash without harm (the batch is then simply not recorded
-        // yet); the work transaction's synchronous commit flushes it anyway.
-        Spi::run("SET LOCAL synchronous_commit = off").or_raise_spi();
+        // The marker commits synchronously: once batch_running was announced, the row must
+        // survive a crash so the catalog can say the attempt was interrupted.
         let Some((run, settings)) = lock_running(self.run_id) else {
             release_run(self.run_id);
             return Step::Exit;
