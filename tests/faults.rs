@@ -449,7 +449,12 @@ fn scenario(
     let db = format!("f_{name}");
     // The uncorrelated sub-select runs once per batch: ~20 ms of work per batch, so most faults
     // land while a batch is in flight rather than in the 10 ms sleep between batches.
-    let run = setup(cluster, &db, "SET n = n + 1 + (SELECT 0 FROM pg_sleep(0.02))", "");
+    let run = setup(
+        cluster,
+        &db,
+        "SET n = n + 1 + (SELECT 0 FROM pg_sleep(0.02))",
+        "",
+    );
     let mut injected = 0;
     for _ in 0..count {
         std::thread::sleep(rng.millis(300, 1200));
@@ -512,6 +517,13 @@ fn immediate_restart(cluster: &Cluster, _db: &str) -> bool {
     true
 }
 
+fn fast_restart(cluster: &Cluster, _db: &str) -> bool {
+    // A clean shutdown: the runner gets SIGTERM and its batch in flight rolls back.
+    cluster.stop("fast");
+    cluster.start();
+    true
+}
+
 fn terminate_runner(cluster: &Cluster, db: &str) -> bool {
     let Some(pid) = runner_pid(cluster, db, Duration::from_secs(20)) else {
         return false;
@@ -566,6 +578,7 @@ fn fault_injection_suite() {
         immediate_restart,
         nothing,
     );
+    scenario(&cluster, &mut rng, "fast_restart", 2, fast_restart, nothing);
     scenario(
         &cluster,
         &mut rng,
