@@ -16,6 +16,7 @@ CREATE TABLE drip.backfills (
     statement_timeout interval NOT NULL DEFAULT '1 minute' CHECK (statement_timeout >= '0'),
     description   text,
     owner         regrole NOT NULL,
+    search_path   text NOT NULL DEFAULT '',
     created_at    timestamptz NOT NULL DEFAULT now(),
     updated_at    timestamptz NOT NULL DEFAULT now()
 );
@@ -25,13 +26,15 @@ COMMENT ON COLUMN drip.backfills.action IS 'SET <assignments>, DELETE, or one st
 COMMENT ON COLUMN drip.backfills.scope IS 'Boolean SQL expression selecting the rows to touch; NULL means all rows.';
 COMMENT ON COLUMN drip.backfills.params IS 'Declared parameters, canonical form {"name": {"type": ..., "default": ..., "required": ...}}.';
 COMMENT ON COLUMN drip.backfills.key IS 'Key columns walked in keyset order (default: the primary key).';
-COMMENT ON COLUMN drip.backfills.owner IS 'Role that registered the backfill.';
+COMMENT ON COLUMN drip.backfills.owner IS 'Role that registered the backfill; scope and action run with exactly its privileges.';
+COMMENT ON COLUMN drip.backfills.search_path IS 'search_path of the registering session, used when the scope and action run.';
 COMMENT ON COLUMN drip.backfills.lock_timeout IS 'lock_timeout of each batch: a batch loses a lock fight with live traffic instead of winning it (0 = none).';
 COMMENT ON COLUMN drip.backfills.statement_timeout IS 'Limit on each batch statement (0 = none).';
 
 CREATE TABLE drip.runs (
     id             bigserial PRIMARY KEY,
     backfill       text NOT NULL REFERENCES drip.backfills (name) ON DELETE CASCADE,
+    owner          regrole NOT NULL,
     status         text NOT NULL CHECK (status IN ('pending', 'enqueued', 'running', 'paused', 'completed', 'failed', 'stopped')),
     params         jsonb NOT NULL DEFAULT '{}',
     batch_size     integer NOT NULL CHECK (batch_size >= 1),
@@ -80,6 +83,28 @@ CREATE TABLE drip.batches (
 );
 
 COMMENT ON TABLE drip.batches IS 'Every batch of every run: key range (low_key exclusive, high_key inclusive), rows, status and errors.';
+
+-- Who may see what: a backfill, its runs and their batches are visible to its owner, to members
+-- of the owner role and to superusers, and to nobody else. Nobody but the catalog owner may write
+-- these tables: the drip.* functions write them on the caller's behalf after checking.
+CREATE FUNCTION drip.may_control(owner oid) RETURNS boolean
+LANGUAGE sql STABLE PARALLEL SAFE
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT CASE WHEN EXISTS (SELECT 1 FROM pg_catalog.pg_roles r WHERE r.oid = owner)
+                THEN pg_catalog.pg_has_role(owner, 'MEMBER')
+                ELSE false END
+$$;
+COMMENT ON FUNCTION drip.may_control(oid) IS 'True if the current user is a member of the given owner role (or a superuser).';
+
+ALTER TABLE drip.backfills ENABLE ROW LEVEL SECURITY;
+CREATE POLICY backfills_visible ON drip.backfills FOR SELECT USING (drip.may_control(owner));
+ALTER TABLE drip.runs ENABLE ROW LEVEL SECURITY;
+CREATE POLICY runs_visible ON drip.runs FOR SELECT USING (drip.may_control(owner));
+ALTER TABLE drip.batches ENABLE ROW LEVEL SECURITY;
+CREATE POLICY batches_visible ON drip.batches FOR SELECT
+    USING (EXISTS (SELECT 1 FROM drip.runs r WHERE r.id = run_id));
+GRANT SELECT ON drip.backfills, drip.runs, drip.batches TO PUBLIC;
 
 SELECT pg_catalog.pg_extension_config_dump('drip.backfills', '');
 SELECT pg_catalog.pg_extension_config_dump('drip.runs', '');

@@ -1,5 +1,6 @@
 -- drip.progress: one row per run, for humans and dashboards.
-CREATE VIEW drip.progress AS
+-- security_invoker: the view shows what the querying role may see of drip.runs (RLS applies).
+CREATE VIEW drip.progress WITH (security_invoker = true) AS
 SELECT r.id AS run_id,
        r.backfill,
        r.status,
@@ -40,3 +41,5 @@ LEFT JOIN LATERAL (
 ) last_batch_error ON true;
 
 COMMENT ON VIEW drip.progress IS 'One row per run: status, rows done, estimated rows in scope, percent, rows/s, ETA, cursor, a text progress bar and the last error.';
+
+GRANT SELECT ON drip.progress TO PUBLIC;

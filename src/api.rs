@@ -12,7 +12,8 @@ use crate::catalog;
 use crate::compile::{self, Definition, Source};
 use crate::error::{DripError, DripResult, OrRaise};
 use crate::params;
-use crate::pg::types;
+use crate::pg::{identity, types};
+use crate::security;
 use crate::status::Control;
 use crate::worker::launch;
 
@@ -125,30 +126,63 @@ fn register_impl(def: &NewBackfill, options: &BatchOptions, replace: bool) -> Dr
         params: &def.params,
         key: def.key.as_deref(),
     })?;
+    // Parsed, analyzed and planned as the caller: Postgres checks the caller's privileges for
+    // every object the scope and action touch (UPDATE for SET, DELETE for DELETE, ...).
     compiled.validate()?;
     let decls = params::parse_declarations(&def.params)?;
     let key_names: Vec<String> = compiled.keys.iter().map(|k| k.name.clone()).collect();
+    let caller = identity::current_user();
+    let search_path = Spi::get_one::<String>("SELECT pg_catalog.current_setting('search_path')")?
+        .unwrap_or_default();
 
-    let exists = Spi::get_one_with_args::<bool>(
-        "SELECT EXISTS (SELECT 1 FROM drip.backfills WHERE name = $1)",
-        &[name.into()],
-    )?
-    .unwrap_or(false);
-    if exists && !replace {
-        return Err(DripError::DuplicateBackfill(name.to_string()));
-    }
+    security::as_catalog(|| {
+        let existing = Spi::get_one_with_args::<pg_sys::Oid>(
+            "SELECT owner::oid FROM drip.backfills WHERE name = $1 FOR UPDATE",
+            &[name.into()],
+        );
+        match existing {
+            Ok(Some(owner)) if replace => security::check_control(caller, owner, name)?,
+            Ok(Some(_)) => return Err(DripError::DuplicateBackfill(name.to_string())),
+            Ok(None) | Err(pgrx::spi::SpiError::InvalidPosition) => {}
+            Err(e) => return Err(e.into()),
+        }
+        insert_backfill(
+            def,
+            options,
+            &compiled,
+            &decls,
+            key_names,
+            caller,
+            &search_path,
+        )
+    })
+}
+
+#[allow(clippy::too_many_arguments)]
+fn insert_backfill(
+    def: &NewBackfill,
+    options: &BatchOptions,
+    compiled: &compile::Compiled,
+    decls: &[params::ParamDecl],
+    key_names: Vec<String>,
+    owner: pg_sys::Oid,
+    search_path: &str,
+) -> DripResult<()> {
+    let name = def.name;
     Spi::connect_mut(|c| {
         c.update(
             "INSERT INTO drip.backfills AS b (name, relation, action, action_kind, scope, params, key, \
-                 batch_size, sleep, max_attempts, description, owner, lock_timeout, statement_timeout) \
-             VALUES ($1, $2::oid::regclass, $3, $4, $5, $6, $7, $8, $9, $10, $11, current_user::regrole, \
-                 $12, $13) \
+                 batch_size, sleep, max_attempts, description, owner, lock_timeout, statement_timeout, \
+                 search_path) \
+             VALUES ($1, $2::oid::regclass, $3, $4, $5, $6, $7, $8, $9, $10, $11, $14::oid::regrole, \
+                 $12, $13, $15) \
              ON CONFLICT (name) DO UPDATE SET relation = excluded.relation, action = excluded.action, \
                  action_kind = excluded.action_kind, scope = excluded.scope, params = excluded.params, \
                  key = excluded.key, batch_size = excluded.batch_size, sleep = excluded.sleep, \
                  max_attempts = excluded.max_attempts, description = excluded.description, \
                  owner = excluded.owner, lock_timeout = excluded.lock_timeout, \
-                 statement_timeout = excluded.statement_timeout, updated_at = now()",
+                 statement_timeout = excluded.statement_timeout, search_path = excluded.search_path, \
+                 updated_at = now()",
             None,
             &[
                 name.into(),
@@ -156,7 +190,7 @@ fn register_impl(def: &NewBackfill, options: &BatchOptions, replace: bool) -> Dr
                 compiled.action_text.as_str().into(),
                 compiled.kind.as_str().into(),
                 def.scope.into(),
-                JsonB(params::declarations_to_json(&decls)).into(),
+                JsonB(params::declarations_to_json(decls)).into(),
                 key_names.into(),
                 options.batch_size.into(),
                 options.sleep.into(),
@@ -164,6 +198,8 @@ fn register_impl(def: &NewBackfill, options: &BatchOptions, replace: bool) -> Dr
                 def.description.into(),
                 options.lock_timeout.into(),
                 options.statement_timeout.into(),
+                owner.into(),
+                search_path.into(),
             ],
         )
         .map(|_| ())
@@ -179,16 +215,20 @@ fn unregister(name: &str) {
 }
 
 fn unregister_impl(name: &str) -> DripResult<()> {
-    catalog::definition_for_update(name)?;
-    if let Some((run_id, status)) = catalog::active_run(name)? {
-        return Err(DripError::ActiveRunExists {
-            backfill: name.to_string(),
-            run_id,
-            status,
-        });
-    }
-    Spi::run_with_args("DELETE FROM drip.backfills WHERE name = $1", &[name.into()])?;
-    Ok(())
+    let caller = identity::current_user();
+    security::as_catalog(|| {
+        let def = Definition::from_json(&catalog::definition_for_update(name)?)?;
+        security::check_control(caller, def.owner(), name)?;
+        if let Some((run_id, status)) = catalog::active_run(name)? {
+            return Err(DripError::ActiveRunExists {
+                backfill: name.to_string(),
+                run_id,
+                status,
+            });
+        }
+        Spi::run_with_args("DELETE FROM drip.backfills WHERE name = $1", &[name.into()])?;
+        Ok(())
+    })
 }
 
 /// Start a run of a backfill with parameter values; returns the run id. The run becomes
@@ -249,14 +289,20 @@ fn start_impl(
     start_at: Option<TimestampWithTimeZone>,
     note: Option<&str>,
 ) -> DripResult<i64> {
-    let definition = catalog::definition_for_update(name)?;
-    if let Some((run_id, status)) = catalog::active_run(name)? {
-        return Err(DripError::ActiveRunExists {
-            backfill: name.to_string(),
-            run_id,
-            status,
-        });
-    }
+    let caller = identity::current_user();
+    let definition = security::as_catalog(|| {
+        let definition = catalog::definition_for_update(name)?;
+        let def = Definition::from_json(&definition)?;
+        security::check_control(caller, def.owner(), name)?;
+        if let Some((run_id, status)) = catalog::active_run(name)? {
+            return Err(DripError::ActiveRunExists {
+                backfill: name.to_string(),
+                run_id,
+                status,
+            });
+        }
+        Ok(definition)
+    })?;
     overrides.check()?;
     let def = Definition::from_json(&definition)?;
     let compiled = def.compile()?;
@@ -273,15 +319,17 @@ fn start_impl(
         )?);
     }
     let estimate = estimate_rows(&compiled, &args);
+    let started_by = security::role_name(caller)?;
 
-    let row = Spi::connect_mut(|c| {
+    let row = security::as_catalog(|| {
+        let row = Spi::connect_mut(|c| {
         let t = c.update(
             &format!(
                 "INSERT INTO drip.runs (backfill, status, params, batch_size, sleep, definition, note, \
-                 start_at, rows_estimated, lock_timeout, statement_timeout) \
+                 start_at, rows_estimated, lock_timeout, statement_timeout, owner, started_by) \
              SELECT b.name, CASE WHEN $5 > now() THEN 'pending' ELSE 'enqueued' END, $2, \
                     coalesce($3, b.batch_size), coalesce($4, b.sleep), $6, $7, $5, $8, \
-                    coalesce($9, b.lock_timeout), coalesce($10, b.statement_timeout) \
+                    coalesce($9, b.lock_timeout), coalesce($10, b.statement_timeout), b.owner, $11 \
              FROM drip.backfills b WHERE b.name = $1 \
              RETURNING {}",
                 catalog::RUN_COLUMNS
@@ -298,12 +346,15 @@ fn start_impl(
                 estimate.into(),
                 overrides.lock_timeout.into(),
                 overrides.statement_timeout.into(),
+                started_by.as_str().into(),
             ],
         )?;
         Ok::<_, DripError>(catalog::runs_from(t)?.pop())
-    })?
-    .ok_or_else(|| DripError::UnknownBackfill(name.to_string()))?;
-    catalog::notify_run(&row, None)?;
+        })?
+        .ok_or_else(|| DripError::UnknownBackfill(name.to_string()))?;
+        catalog::notify_run(&row, None)?;
+        Ok(row)
+    })?;
     Ok(row.id)
 }
 
@@ -332,11 +383,22 @@ fn estimate_rows(compiled: &compile::Compiled, args: &[pgrx::datum::DatumWithOid
         .map(|f| f.round() as i64)
 }
 
-fn control(run_id: i64, what: Control) -> DripResult<String> {
+/// Lock a run for a change by the current caller: it must exist (42704) and the caller must
+/// be allowed to control it (42501). Runs as the catalog owner.
+fn lock_run_for_caller(run_id: i64, caller: pg_sys::Oid) -> DripResult<catalog::RunRow> {
     let run = catalog::lock_run(run_id)?;
-    let to = what.apply(run_id, run.status)?;
-    let row = catalog::set_run_status(&run, to, None)?;
-    Ok(row.status.as_str().to_string())
+    security::check_control(caller, catalog::run_owner(run_id)?, &run.backfill)?;
+    Ok(run)
+}
+
+fn control(run_id: i64, what: Control) -> DripResult<String> {
+    let caller = identity::current_user();
+    security::as_catalog(|| {
+        let run = lock_run_for_caller(run_id, caller)?;
+        let to = what.apply(run_id, run.status)?;
+        let row = catalog::set_run_status(&run, to, None)?;
+        Ok(row.status.as_str().to_string())
+    })
 }
 
 /// Pause an enqueued or running run; a batch in flight finishes first. Returns the new status.
@@ -373,20 +435,23 @@ fn retry(run_id: i64) -> String {
 }
 
 fn retry_impl(run_id: i64) -> DripResult<String> {
-    let run = catalog::lock_run(run_id)?;
-    let to = Control::Retry.apply(run_id, run.status)?;
-    catalog::definition_for_update(&run.backfill)?;
-    if let Some((other, status)) = catalog::active_run(&run.backfill)? {
-        return Err(DripError::ActiveRunExists {
-            backfill: run.backfill.clone(),
-            run_id: other,
-            status,
-        });
-    }
-    Ok(catalog::set_run_status(&run, to, None)?
-        .status
-        .as_str()
-        .to_string())
+    let caller = identity::current_user();
+    security::as_catalog(|| {
+        let run = lock_run_for_caller(run_id, caller)?;
+        let to = Control::Retry.apply(run_id, run.status)?;
+        catalog::definition_for_update(&run.backfill)?;
+        if let Some((other, status)) = catalog::active_run(&run.backfill)? {
+            return Err(DripError::ActiveRunExists {
+                backfill: run.backfill.clone(),
+                run_id: other,
+                status,
+            });
+        }
+        Ok(catalog::set_run_status(&run, to, None)?
+            .status
+            .as_str()
+            .to_string())
+    })
 }
 
 extension_sql!(

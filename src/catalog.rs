@@ -145,6 +145,15 @@ pub fn has_unfinished_runs() -> DripResult<bool> {
     .unwrap_or(false))
 }
 
+/// The owner role of a run (a copy of its backfill's owner when it started).
+pub fn run_owner(id: i64) -> DripResult<pg_sys::Oid> {
+    Spi::get_one_with_args::<pg_sys::Oid>(
+        "SELECT owner::oid FROM drip.runs WHERE id = $1",
+        &[id.into()],
+    )?
+    .ok_or(DripError::UnknownRun(id))
+}
+
 /// The active run of a backfill, if any.
 pub fn active_run(backfill: &str) -> DripResult<Option<(i64, String)>> {
     Spi::connect(|c| {
@@ -169,7 +178,8 @@ pub fn active_run(backfill: &str) -> DripResult<Option<(i64, String)>> {
 pub fn definition_for_update(name: &str) -> DripResult<Value> {
     let v = Spi::connect_mut(|c| {
         let t = c.update(
-            "SELECT to_jsonb(b) || jsonb_build_object('relation_oid', b.relation::oid::bigint) \
+            "SELECT to_jsonb(b) || jsonb_build_object('relation_oid', b.relation::oid::bigint, \
+                                                     'owner_oid', b.owner::oid::bigint) \
              FROM drip.backfills b WHERE b.name = $1 FOR UPDATE",
             None,
             &[name.into()],

@@ -306,12 +306,21 @@ pub struct Definition {
     pub params: Value,
     pub key: Vec<String>,
     pub max_attempts: i32,
+    /// The owner role; scope and action run with its privileges.
+    pub owner_oid: u32,
+    /// search_path of the registering session, for the scope and action.
+    #[serde(default)]
+    pub search_path: String,
 }
 
 impl Definition {
     pub fn from_json(v: &Value) -> DripResult<Definition> {
         serde_json::from_value(v.clone())
             .map_err(|e| DripError::Internal(format!("corrupt definition copy: {e}")))
+    }
+
+    pub fn owner(&self) -> pg_sys::Oid {
+        pg_sys::Oid::from(self.owner_oid)
     }
 
     pub fn compile(&self) -> DripResult<Compiled> {

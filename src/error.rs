@@ -74,6 +74,10 @@ pub enum DripError {
         run_id: i64,
         status: String,
     },
+    #[error("permission denied for backfill \"{backfill}\"")]
+    PermissionDenied { backfill: String, owner: String },
+    #[error("owner role of backfill \"{0}\" no longer exists")]
+    OwnerGone(String),
     #[error("{0}")]
     Internal(String),
 }
@@ -106,6 +110,9 @@ impl DripError {
             DripError::BadParamValue { sqlstate, .. } => *sqlstate,
             DripError::ActiveRunExists { .. } => ERRCODE_OBJECT_IN_USE,
             DripError::WrongStatus { .. } => ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+            DripError::PermissionDenied { .. } | DripError::OwnerGone(_) => {
+                ERRCODE_INSUFFICIENT_PRIVILEGE
+            }
             DripError::Internal(_) => ERRCODE_INTERNAL_ERROR,
         }
     }
@@ -156,6 +163,12 @@ impl DripError {
             }
             DripError::WrongStatus { .. } => {
                 "pause applies to enqueued or running runs, resume to paused runs, stop to pending, enqueued, running or paused runs, retry to failed or stopped runs.".into()
+            }
+            DripError::PermissionDenied { owner, .. } => format!(
+                "Only its owner ({owner}), members of that role and superusers may control it."
+            ),
+            DripError::OwnerGone(_) => {
+                "Register the backfill again as an existing role.".into()
             }
             DripError::BadOption(_) => "batch_size must be at least 1 and sleep must not be negative.".into(),
             _ => return None,

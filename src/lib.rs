@@ -23,6 +23,7 @@ pub mod keyset;
 pub mod params;
 pub mod pg;
 pub mod placeholders;
+pub mod security;
 pub mod status;
 pub mod worker;
 

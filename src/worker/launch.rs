@@ -80,7 +80,9 @@ thread_local! {
 /// happens if it rolls back). Called by every `drip.*` function, which is also how runs left
 /// behind by a restart are picked up without `shared_preload_libraries`.
 pub fn recover_on_commit() -> DripResult<()> {
-    if KICK_REGISTERED.with(|k| k.get()) || !catalog::has_unfinished_runs()? {
+    if KICK_REGISTERED.with(|k| k.get())
+        || !crate::security::as_catalog(catalog::has_unfinished_runs)?
+    {
         return Ok(());
     }
     KICK_REGISTERED.with(|k| k.set(true));

@@ -21,6 +21,7 @@ use crate::catalog::{self, RunRow, RUN_COLUMNS};
 use crate::compile::{Compiled, Definition};
 use crate::error::{DripError, DripResult, OrRaise};
 use crate::params;
+use crate::pg::identity::{self, Restriction};
 use crate::pg::{signals, timeout, transaction, types};
 use crate::status::{BatchStatus, RunStatus};
 use crate::worker::launch;
@@ -46,6 +47,11 @@ pub extern "C-unwind" fn drip_runner_main(arg: pg_sys::Datum) {
         return;
     };
     BackgroundWorker::connect_worker_to_spi_by_oid(Some(db), None);
+    // Our own SQL runs as superuser: never with a search_path users can create objects in.
+    if let Err(e) = transaction::run(pin_search_path) {
+        warning!("data_drip runner for run {run_id}: {}", e.message);
+        return;
+    }
 
     let runner = match transaction::run(|| claim(run_id)) {
         Ok(Some(r)) => r,
@@ -80,6 +86,10 @@ struct Runner {
     cursor: Option<Vec<String>>,
     /// A batch to do again (after a failure or an interruption).
     retry: Option<Batch>,
+    /// The backfill's owner: scope, action and the key walk run with its privileges.
+    owner: pg_sys::Oid,
+    /// The owner's search_path at registration.
+    search_path: String,
 }
 
 /// The run's batch settings, read before each batch so changes apply from the next one.
@@ -98,17 +108,34 @@ enum Step {
 
 impl Runner {
     fn main(mut self) {
+        // Failures before a batch exists (its key range cannot be found: the table was dropped,
+        // the owner lost SELECT or was dropped): retried like batches, then the run fails.
+        let mut boundary_failures = 0;
         loop {
             let step = transaction::run(|| self.mark_next());
             let (batch, settings) = match step {
                 Ok(Step::Batch(b, settings)) => (b, settings),
                 Ok(Step::Exit) => return,
                 Err(e) => {
-                    // The run cannot go on (its table was dropped, the boundary query fails...).
-                    let _ = transaction::run(|| fail_run(self.run_id, &e.message));
-                    return;
+                    boundary_failures += 1;
+                    warning!(
+                        "data_drip run {}: {} ({})",
+                        self.run_id,
+                        e.message,
+                        e.sqlstate
+                    );
+                    if boundary_failures >= self.max_attempts {
+                        let message = format!("{} (SQLSTATE {})", e.message, e.sqlstate);
+                        let _ = transaction::run(|| fail_run(self.run_id, &message));
+                        return;
+                    }
+                    if !self.sleep(backoff(boundary_failures)) {
+                        return;
+                    }
+                    continue;
                 }
             };
+            boundary_failures = 0;
             match transaction::run(|| self.work(&batch, &settings)) {
                 Ok(()) => {
                     self.cursor = Some(batch.high.clone());
@@ -214,19 +241,45 @@ impl Runner {
             }
         };
         args.push(DatumWithOid::from(batch_size as i64));
-        Spi::connect(|c| {
-            let t = c.select(sql.as_str(), None, &args)?;
-            if let Some(r) = t.into_iter().next() {
-                let mut high = Vec::with_capacity(k);
-                for i in 1..=k {
-                    high.push(r.get::<String>(i)?.unwrap_or_default());
+        // As the owner: RLS and privileges decide which keys the walk sees.
+        self.as_owner(|| {
+            Spi::connect(|c| {
+                let t = c.select(sql.as_str(), None, &args)?;
+                if let Some(r) = t.into_iter().next() {
+                    let mut high = Vec::with_capacity(k);
+                    for i in 1..=k {
+                        high.push(r.get::<String>(i)?.unwrap_or_default());
+                    }
+                    let n = r.get::<i64>(k + 1)?.unwrap_or(0);
+                    return Ok(Some((high, n)));
                 }
-                let n = r.get::<i64>(k + 1)?.unwrap_or(0);
-                return Ok(Some((high, n)));
-            }
-            Ok::<_, pgrx::spi::SpiError>(None)
+                Ok::<_, pgrx::spi::SpiError>(None)
+            })
         })
         .or_raise_spi()
+    }
+
+    /// Run user-facing SQL as the backfill's owner, in a security-restricted operation with
+    /// the owner's search_path. Fails with 42501 if the owner role was dropped.
+    fn as_owner<R>(&self, f: impl FnOnce() -> R) -> R {
+        let exists = Spi::get_one_with_args::<bool>(
+            "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE oid = $1)",
+            &[self.owner.into()],
+        )
+        .or_raise_spi()
+        .unwrap_or(false);
+        if !exists {
+            DripError::OwnerGone(self.backfill_name()).raise();
+        }
+        identity::run_as(self.owner, Restriction::Restricted, &self.search_path, f)
+    }
+
+    fn backfill_name(&self) -> String {
+        catalog::read_run(self.run_id)
+            .ok()
+            .flatten()
+            .map(|r| r.backfill)
+            .unwrap_or_default()
     }
 
     fn key_args<'a>(&self, values: &[String]) -> Vec<DatumWithOid<'a>> {
@@ -268,8 +321,10 @@ impl Runner {
         let rows = {
             // Only the user's statement is limited; our bookkeeping below is not.
             let _limit = timeout::StatementTimeout::arm(settings.statement_timeout);
-            Spi::connect_mut(|c| c.update(sql.as_str(), None, &args).map(|t| t.len() as i64))
-                .or_raise_spi()
+            self.as_owner(|| {
+                Spi::connect_mut(|c| c.update(sql.as_str(), None, &args).map(|t| t.len() as i64))
+            })
+            .or_raise_spi()
         };
         // Our own bookkeeping waits for locks as long as it must (pause/stop hold the run row
         // only briefly).
@@ -338,6 +393,15 @@ impl Runner {
             }
         }
     }
+}
+
+/// Pin this session's search_path to schemas no user can create objects in.
+pub fn pin_search_path() {
+    Spi::run_with_args(
+        "SELECT pg_catalog.set_config('search_path', $1, false)",
+        &[identity::SAFE_SEARCH_PATH.into()],
+    )
+    .or_raise_spi();
 }
 
 /// Exponential backoff with jitter: base * 2^(attempt-1), capped, +-25%.
@@ -503,6 +567,8 @@ fn claim(run_id: i64) -> Option<Runner> {
         max_attempts: def.max_attempts,
         cursor,
         retry,
+        owner: def.owner(),
+        search_path: def.search_path.clone(),
     })
 }
 

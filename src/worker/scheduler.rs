@@ -58,6 +58,10 @@ impl Scheduler {
         if !self.take_lock() {
             return;
         }
+        if let Err(e) = transaction::run(crate::worker::runner::pin_search_path) {
+            warning!("data_drip scheduler: {}", e.message);
+            return;
+        }
         let _ = transaction::run(|| {
             Spi::run(
                 "SELECT pg_catalog.set_config('application_name', 'data_drip scheduler', false)",
