@@ -410,4 +410,149 @@ mod tests {
         let pos = BTreeMap::from([("age".to_string(), 1)]);
         assert_eq!(rewrite(sql, &s, &pos).unwrap_err(), vec!["dom".to_string()]);
     }
+
+    /// Property test (no extra crate): random SQL built from every token kind the lexer must
+    /// understand, with the placeholders we put in known; the lexer must find exactly those.
+    mod property {
+        use super::*;
+
+        struct Rng(u64);
+        impl Rng {
+            fn next(&mut self) -> u64 {
+                self.0 ^= self.0 << 13;
+                self.0 ^= self.0 >> 7;
+                self.0 ^= self.0 << 17;
+                self.0
+            }
+            fn pick<'a, T>(&mut self, items: &'a [T]) -> &'a T {
+                &items[(self.next() % items.len() as u64) as usize]
+            }
+        }
+
+        const NAMES: &[&str] = &["age", "a", "_x1", "since", "dom", "名前", "naïve", "tag"];
+        const NOISE: &[&str] = &[
+            "$age", "$1", "$$", "$tag$", "$", "--", "/*", "*/", "'", "''", "\"", "\\", ";",
+            "::int", "é", "😀", "\n", "$a$", "E'", "(", ")",
+        ];
+
+        /// Random text for inside a literal or comment (never closing it).
+        fn filler(r: &mut Rng, forbid: &[&str]) -> String {
+            let mut out = String::new();
+            for _ in 0..(r.next() % 5) {
+                let piece = *r.pick(NOISE);
+                out.push_str(piece);
+                out.push(' ');
+            }
+            for f in forbid {
+                out = out.replace(f, " ");
+            }
+            out
+        }
+
+        /// One fragment and the placeholder names it holds.
+        fn piece(r: &mut Rng, depth: u32) -> (String, Vec<String>) {
+            match r.next() % 14 {
+                0 | 1 => {
+                    let n = r.pick(NAMES).to_string();
+                    (format!("${n}"), vec![n])
+                }
+                2 => (
+                    r.pick(&["age", "email", "x_1", "naïve", "名前", "abc$def"])
+                        .to_string(),
+                    vec![],
+                ),
+                3 => (
+                    r.pick(&["=", "<>", "+", "::int", "::text[]", ",", "1.5e3", "42"])
+                        .to_string(),
+                    vec![],
+                ),
+                4 => (format!("'{}'", filler(r, &["'", "\\"])), vec![]),
+                5 => (format!("E'{}\\' x'", filler(r, &["'", "\\"])), vec![]),
+                6 => (
+                    format!("\"{}\"", filler(r, &["\""]).replace('"', "")),
+                    vec![],
+                ),
+                7 => (
+                    format!("-- {}\n", filler(r, &["\n"]).replace('\n', " ")),
+                    vec![],
+                ),
+                8 => {
+                    let inner = filler(r, &["/*", "*/"]).replace("*/", "").replace("/*", "");
+                    (
+                        format!("/* {inner} /* nested {inner} */ {inner} */"),
+                        vec![],
+                    )
+                }
+                9 => (format!("$$ {} $$", filler(r, &["$$"])), vec![]),
+                10 => {
+                    let body = filler(r, &["$q$"]).replace("$q$", "");
+                    (format!("$q$ {body} $$ $t$ {body} $q$"), vec![])
+                }
+                11 if depth < 3 => {
+                    let (inner, names) = fragment(r, depth + 1);
+                    (format!("({inner})"), names)
+                }
+                12 => (";".to_string(), vec![]),
+                _ => ("x".to_string(), vec![]),
+            }
+        }
+
+        fn fragment(r: &mut Rng, depth: u32) -> (String, Vec<String>) {
+            let mut sql = String::new();
+            let mut names = Vec::new();
+            for _ in 0..(1 + r.next() % 8) {
+                let (p, n) = piece(r, depth);
+                sql.push_str(&p);
+                sql.push(' ');
+                names.extend(n);
+            }
+            (sql, names)
+        }
+
+        #[test]
+        fn finds_exactly_the_placeholders_that_were_put_in() {
+            let mut r = Rng(0x9E37_79B9_7F4A_7C15);
+            for case in 0..20_000 {
+                let (sql, expected) = fragment(&mut r, 0);
+                let scan = scan(&sql).unwrap_or_else(|e| panic!("case {case}: {e} in {sql:?}"));
+                let found: Vec<String> = scan.placeholders.iter().map(|p| p.name.clone()).collect();
+                assert_eq!(found, expected, "case {case}: {sql:?}");
+                for p in &scan.placeholders {
+                    assert_eq!(&sql[p.start..p.end], format!("${}", p.name));
+                }
+                // Rewriting replaces exactly those occurrences and nothing else.
+                let positions: BTreeMap<String, usize> = NAMES
+                    .iter()
+                    .enumerate()
+                    .map(|(i, n)| (n.to_string(), i + 1))
+                    .collect();
+                let rewritten = rewrite(&sql, &scan, &positions).unwrap();
+                let mut manual = sql.clone();
+                for p in scan.placeholders.iter().rev() {
+                    manual.replace_range(p.start..p.end, &format!("${}", positions[&p.name]));
+                }
+                assert_eq!(rewritten, manual);
+            }
+        }
+
+        #[test]
+        fn never_panics_on_arbitrary_text() {
+            let mut r = Rng(12345);
+            let alphabet: Vec<char> = "$'\"\\-/*();:eE_a1 \né😀名".chars().collect();
+            for _ in 0..50_000 {
+                let len = (r.next() % 24) as usize;
+                let text: String = (0..len).map(|_| *r.pick(&alphabet)).collect();
+                // Ok or a LexError; offsets always on char boundaries.
+                if let Ok(s) = scan(&text) {
+                    for p in &s.placeholders {
+                        assert!(text.is_char_boundary(p.start) && text.is_char_boundary(p.end));
+                    }
+                    for w in &s.words {
+                        assert!(text.is_char_boundary(w.start) && text.is_char_boundary(w.end));
+                    }
+                    assert!(text.is_char_boundary(s.significant_end));
+                }
+            }
+        }
+    }
 }

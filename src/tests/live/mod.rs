@@ -10,6 +10,7 @@ mod control;
 mod engine;
 mod events;
 mod resilience;
+mod security;
 
 /// Live tests share one database and the `drip.max_runs` slots, so they run one at a time.
 static SERIAL: Mutex<()> = Mutex::new(());
@@ -33,6 +34,27 @@ pub fn db() -> Db {
 /// Another connection to the test database.
 pub fn connect() -> Client {
     pgrx_tests::client().expect("connect to test cluster").0
+}
+
+/// A connection to the test database as `role` (a LOGIN role; the test cluster trusts local
+/// connections).
+pub fn connect_as(role: &str) -> Client {
+    let mut admin = connect();
+    let port: String = admin
+        .query_one("SELECT current_setting('port')", &[])
+        .unwrap()
+        .get(0);
+    let db: String = admin
+        .query_one("SELECT current_database()::text", &[])
+        .unwrap()
+        .get(0);
+    postgres::Config::new()
+        .host("localhost")
+        .port(port.parse().expect("port"))
+        .user(role)
+        .dbname(&db)
+        .connect(postgres::NoTls)
+        .unwrap_or_else(|e| panic!("connect as {role}: {e}"))
 }
 
 impl Db {
