@@ -14,6 +14,11 @@ CREATE TABLE drip.backfills (
     max_attempts  integer NOT NULL CHECK (max_attempts >= 1),
     lock_timeout  interval NOT NULL DEFAULT '1 second' CHECK (lock_timeout >= '0'),
     statement_timeout interval NOT NULL DEFAULT '1 minute' CHECK (statement_timeout >= '0'),
+    target_batch_time interval CHECK (target_batch_time >= '0'),
+    min_batch_size integer NOT NULL DEFAULT 10 CHECK (min_batch_size >= 1),
+    max_batch_size integer NOT NULL DEFAULT 100000 CHECK (max_batch_size >= min_batch_size),
+    max_replica_lag interval NOT NULL DEFAULT '10 seconds' CHECK (max_replica_lag >= '0'),
+    throttle_query text,
     description   text,
     owner         regrole NOT NULL,
     search_path   text NOT NULL DEFAULT '',
@@ -30,6 +35,9 @@ COMMENT ON COLUMN drip.backfills.owner IS 'Role that registered the backfill; sc
 COMMENT ON COLUMN drip.backfills.search_path IS 'search_path of the registering session, used when the scope and action run.';
 COMMENT ON COLUMN drip.backfills.lock_timeout IS 'lock_timeout of each batch: a batch loses a lock fight with live traffic instead of winning it (0 = none).';
 COMMENT ON COLUMN drip.backfills.statement_timeout IS 'Limit on each batch statement (0 = none).';
+COMMENT ON COLUMN drip.backfills.target_batch_time IS 'Adaptive sizing: batch size moves toward the size whose batch takes this long (NULL or 0 = fixed batch_size).';
+COMMENT ON COLUMN drip.backfills.max_replica_lag IS 'Hold while any streaming standby lags more than this (0 = off).';
+COMMENT ON COLUMN drip.backfills.throttle_query IS 'SQL returning true while runs should hold (run as the owner).';
 
 CREATE TABLE drip.runs (
     id             bigserial PRIMARY KEY,
@@ -41,6 +49,12 @@ CREATE TABLE drip.runs (
     sleep          interval NOT NULL CHECK (sleep >= '0'),
     lock_timeout   interval NOT NULL CHECK (lock_timeout >= '0'),
     statement_timeout interval NOT NULL CHECK (statement_timeout >= '0'),
+    target_batch_time interval CHECK (target_batch_time >= '0'),
+    min_batch_size integer NOT NULL CHECK (min_batch_size >= 1),
+    max_batch_size integer NOT NULL CHECK (max_batch_size >= min_batch_size),
+    max_replica_lag interval NOT NULL CHECK (max_replica_lag >= '0'),
+    throttle_query text,
+    throttled      text,
     cursor         text[],
     rows_done      bigint NOT NULL DEFAULT 0,
     batches_done   bigint NOT NULL DEFAULT 0,
@@ -64,6 +78,8 @@ COMMENT ON TABLE drip.runs IS 'One row per drip.start: status, cursor, counters 
 COMMENT ON COLUMN drip.runs.cursor IS 'Key of the last row of the last completed batch (text per key column); NULL before the first batch.';
 COMMENT ON COLUMN drip.runs.definition IS 'Copy of the backfill definition taken at start; later changes to the backfill do not affect this run.';
 COMMENT ON COLUMN drip.runs.rows_estimated IS 'Planner estimate of the rows in scope, taken when the run first starts.';
+COMMENT ON COLUMN drip.runs.throttled IS 'While the run holds on a health signal: why. NULL otherwise.';
+COMMENT ON COLUMN drip.runs.batch_size IS 'Keys in the next batch; adaptive sizing updates it after every batch.';
 COMMENT ON COLUMN drip.runs.worker_pid IS 'Process id of the background worker executing the run, while it runs.';
 
 CREATE TABLE drip.batches (
@@ -72,6 +88,7 @@ CREATE TABLE drip.batches (
     low_key      text[],
     high_key     text[] NOT NULL,
     rows         bigint,
+    batch_size   integer,
     status       text NOT NULL CHECK (status IN ('running', 'completed', 'failed')),
     attempts     integer NOT NULL DEFAULT 1,
     started_at   timestamptz NOT NULL DEFAULT clock_timestamp(),

@@ -41,6 +41,19 @@ struct BatchOptions {
     sleep: Interval,
     lock_timeout: Interval,
     statement_timeout: Interval,
+    target_batch_time: Option<Interval>,
+    min_batch_size: i32,
+    max_batch_size: i32,
+    max_replica_lag: Interval,
+}
+
+fn check_bounds(min: i32, max: i32) -> DripResult<()> {
+    if min < 1 || max < min {
+        return Err(DripError::BadOption(format!(
+            "min_batch_size must be at least 1 and max_batch_size at least min_batch_size, got {min} and {max}"
+        )));
+    }
+    Ok(())
 }
 
 impl BatchOptions {
@@ -48,7 +61,12 @@ impl BatchOptions {
         check_batch_size(self.batch_size)?;
         check_interval("sleep", &self.sleep)?;
         check_interval("lock_timeout", &self.lock_timeout)?;
-        check_interval("statement_timeout", &self.statement_timeout)
+        check_interval("statement_timeout", &self.statement_timeout)?;
+        if let Some(t) = &self.target_batch_time {
+            check_interval("target_batch_time", t)?;
+        }
+        check_bounds(self.min_batch_size, self.max_batch_size)?;
+        check_interval("max_replica_lag", &self.max_replica_lag)
     }
 }
 
@@ -70,6 +88,11 @@ fn register_internal(
     replace: bool,
     lock_timeout: Interval,
     statement_timeout: Interval,
+    target_batch_time: Option<Interval>,
+    min_batch_size: i32,
+    max_batch_size: i32,
+    max_replica_lag: Interval,
+    throttle_query: Option<&str>,
 ) {
     let definition = NewBackfill {
         name,
@@ -82,12 +105,17 @@ fn register_internal(
         key,
         max_attempts,
         description,
+        throttle_query: throttle_query.filter(|q| !q.trim().is_empty()),
     };
     let options = BatchOptions {
         batch_size,
         sleep,
         lock_timeout,
         statement_timeout,
+        target_batch_time,
+        min_batch_size,
+        max_batch_size,
+        max_replica_lag,
     };
     register_impl(&definition, &options, replace).or_raise();
     launch::recover_on_commit().or_raise();
@@ -103,6 +131,7 @@ struct NewBackfill<'a> {
     key: Option<Vec<String>>,
     max_attempts: i32,
     description: Option<&'a str>,
+    throttle_query: Option<&'a str>,
 }
 
 fn register_impl(def: &NewBackfill, options: &BatchOptions, replace: bool) -> DripResult<()> {
@@ -129,6 +158,10 @@ fn register_impl(def: &NewBackfill, options: &BatchOptions, replace: bool) -> Dr
     // Parsed, analyzed and planned as the caller: Postgres checks the caller's privileges for
     // every object the scope and action touch (UPDATE for SET, DELETE for DELETE, ...).
     compiled.validate()?;
+    let throttle_query = def
+        .throttle_query
+        .map(compile::throttle_query)
+        .transpose()?;
     let decls = params::parse_declarations(&def.params)?;
     let key_names: Vec<String> = compiled.keys.iter().map(|k| k.name.clone()).collect();
     let caller = identity::current_user();
@@ -146,42 +179,48 @@ fn register_impl(def: &NewBackfill, options: &BatchOptions, replace: bool) -> Dr
             Ok(None) | Err(pgrx::spi::SpiError::InvalidPosition) => {}
             Err(e) => return Err(e.into()),
         }
-        insert_backfill(
-            def,
-            options,
-            &compiled,
-            &decls,
-            key_names,
-            caller,
-            &search_path,
-        )
+        let stored = StoredExtras {
+            owner: caller,
+            search_path: &search_path,
+            throttle_query: throttle_query.as_deref(),
+        };
+        insert_backfill(def, options, &compiled, &decls, key_names, &stored)
     })
 }
 
-#[allow(clippy::too_many_arguments)]
+/// What register stores besides the definition and options.
+struct StoredExtras<'a> {
+    owner: pg_sys::Oid,
+    search_path: &'a str,
+    throttle_query: Option<&'a str>,
+}
+
 fn insert_backfill(
     def: &NewBackfill,
     options: &BatchOptions,
     compiled: &compile::Compiled,
     decls: &[params::ParamDecl],
     key_names: Vec<String>,
-    owner: pg_sys::Oid,
-    search_path: &str,
+    extras: &StoredExtras,
 ) -> DripResult<()> {
     let name = def.name;
     Spi::connect_mut(|c| {
         c.update(
             "INSERT INTO drip.backfills AS b (name, relation, action, action_kind, scope, params, key, \
                  batch_size, sleep, max_attempts, description, owner, lock_timeout, statement_timeout, \
-                 search_path) \
+                 search_path, target_batch_time, min_batch_size, max_batch_size, max_replica_lag, \
+                 throttle_query) \
              VALUES ($1, $2::oid::regclass, $3, $4, $5, $6, $7, $8, $9, $10, $11, $14::oid::regrole, \
-                 $12, $13, $15) \
+                 $12, $13, $15, $16, $17, $18, $19, $20) \
              ON CONFLICT (name) DO UPDATE SET relation = excluded.relation, action = excluded.action, \
                  action_kind = excluded.action_kind, scope = excluded.scope, params = excluded.params, \
                  key = excluded.key, batch_size = excluded.batch_size, sleep = excluded.sleep, \
                  max_attempts = excluded.max_attempts, description = excluded.description, \
                  owner = excluded.owner, lock_timeout = excluded.lock_timeout, \
                  statement_timeout = excluded.statement_timeout, search_path = excluded.search_path, \
+                 target_batch_time = excluded.target_batch_time, min_batch_size = excluded.min_batch_size, \
+                 max_batch_size = excluded.max_batch_size, max_replica_lag = excluded.max_replica_lag, \
+                 throttle_query = excluded.throttle_query, \
                  updated_at = now()",
             None,
             &[
@@ -198,8 +237,13 @@ fn insert_backfill(
                 def.description.into(),
                 options.lock_timeout.into(),
                 options.statement_timeout.into(),
-                owner.into(),
-                search_path.into(),
+                extras.owner.into(),
+                extras.search_path.into(),
+                options.target_batch_time.into(),
+                options.min_batch_size.into(),
+                options.max_batch_size.into(),
+                options.max_replica_lag.into(),
+                extras.throttle_query.into(),
             ],
         )
         .map(|_| ())
@@ -244,12 +288,22 @@ fn start(
     note: default!(Option<&str>, "NULL"),
     lock_timeout: default!(Option<Interval>, "NULL"),
     statement_timeout: default!(Option<Interval>, "NULL"),
+    target_batch_time: default!(Option<Interval>, "NULL"),
+    min_batch_size: default!(Option<i32>, "NULL"),
+    max_batch_size: default!(Option<i32>, "NULL"),
+    max_replica_lag: default!(Option<Interval>, "NULL"),
+    throttle_query: default!(Option<&str>, "NULL"),
 ) -> i64 {
     let overrides = RunOverrides {
         batch_size,
         sleep,
         lock_timeout,
         statement_timeout,
+        target_batch_time,
+        min_batch_size,
+        max_batch_size,
+        max_replica_lag,
+        throttle_query: throttle_query.filter(|q| !q.trim().is_empty()),
     };
     let id = start_impl(name, params, &overrides, start_at, note).or_raise();
     launch::recover_on_commit().or_raise();
@@ -257,22 +311,35 @@ fn start(
 }
 
 /// Batch settings given to `start`; NULL keeps the backfill's.
-struct RunOverrides {
+struct RunOverrides<'a> {
     batch_size: Option<i32>,
     sleep: Option<Interval>,
     lock_timeout: Option<Interval>,
     statement_timeout: Option<Interval>,
+    target_batch_time: Option<Interval>,
+    min_batch_size: Option<i32>,
+    max_batch_size: Option<i32>,
+    max_replica_lag: Option<Interval>,
+    throttle_query: Option<&'a str>,
 }
 
-impl RunOverrides {
+impl RunOverrides<'_> {
     fn check(&self) -> DripResult<()> {
         if let Some(b) = self.batch_size {
             check_batch_size(b)?;
+        }
+        if self.min_batch_size.is_some() || self.max_batch_size.is_some() {
+            check_bounds(
+                self.min_batch_size.unwrap_or(1),
+                self.max_batch_size.unwrap_or(i32::MAX),
+            )?;
         }
         for (what, v) in [
             ("sleep", &self.sleep),
             ("lock_timeout", &self.lock_timeout),
             ("statement_timeout", &self.statement_timeout),
+            ("target_batch_time", &self.target_batch_time),
+            ("max_replica_lag", &self.max_replica_lag),
         ] {
             if let Some(v) = v {
                 check_interval(what, v)?;
@@ -304,6 +371,10 @@ fn start_impl(
         Ok(definition)
     })?;
     overrides.check()?;
+    let throttle_query = overrides
+        .throttle_query
+        .map(compile::throttle_query)
+        .transpose()?;
     let def = Definition::from_json(&definition)?;
     let compiled = def.compile()?;
     let decls: Vec<params::ParamDecl> = compiled.params.iter().map(|(d, _)| d.clone()).collect();
@@ -326,10 +397,14 @@ fn start_impl(
         let t = c.update(
             &format!(
                 "INSERT INTO drip.runs (backfill, status, params, batch_size, sleep, definition, note, \
-                 start_at, rows_estimated, lock_timeout, statement_timeout, owner, started_by) \
+                 start_at, rows_estimated, lock_timeout, statement_timeout, owner, started_by, \
+                 target_batch_time, min_batch_size, max_batch_size, max_replica_lag, throttle_query) \
              SELECT b.name, CASE WHEN $5 > now() THEN 'pending' ELSE 'enqueued' END, $2, \
                     coalesce($3, b.batch_size), coalesce($4, b.sleep), $6, $7, $5, $8, \
-                    coalesce($9, b.lock_timeout), coalesce($10, b.statement_timeout), b.owner, $11 \
+                    coalesce($9, b.lock_timeout), coalesce($10, b.statement_timeout), b.owner, $11, \
+                    coalesce($12, b.target_batch_time), coalesce($13, b.min_batch_size), \
+                    coalesce($14, b.max_batch_size), coalesce($15, b.max_replica_lag), \
+                    coalesce($16, b.throttle_query) \
              FROM drip.backfills b WHERE b.name = $1 \
              RETURNING {}",
                 catalog::RUN_COLUMNS
@@ -347,6 +422,11 @@ fn start_impl(
                 overrides.lock_timeout.into(),
                 overrides.statement_timeout.into(),
                 started_by.as_str().into(),
+                overrides.target_batch_time.into(),
+                overrides.min_batch_size.into(),
+                overrides.max_batch_size.into(),
+                overrides.max_replica_lag.into(),
+                throttle_query.as_deref().into(),
             ],
         )?;
         Ok::<_, DripError>(catalog::runs_from(t)?.pop())
@@ -454,6 +534,76 @@ fn retry_impl(run_id: i64) -> DripResult<String> {
     })
 }
 
+/// Change a run's batch settings from its next batch on. Called by the SQL function
+/// `drip.alter`, which returns the run's row.
+#[pg_extern(volatile, parallel_unsafe)]
+fn alter_internal(
+    run_id: i64,
+    batch_size: Option<i32>,
+    sleep: Option<Interval>,
+    target_batch_time: Option<Interval>,
+    max_replica_lag: Option<Interval>,
+) {
+    let changes = RunOverrides {
+        batch_size,
+        sleep,
+        lock_timeout: None,
+        statement_timeout: None,
+        target_batch_time,
+        min_batch_size: None,
+        max_batch_size: None,
+        max_replica_lag,
+        throttle_query: None,
+    };
+    alter_impl(run_id, &changes).or_raise();
+}
+
+fn alter_impl(run_id: i64, changes: &RunOverrides) -> DripResult<()> {
+    changes.check()?;
+    let caller = identity::current_user();
+    security::as_catalog(|| {
+        let run = lock_run_for_caller(run_id, caller)?;
+        if !run.status.is_active() {
+            return Err(DripError::WrongStatus {
+                action: "alter",
+                run_id,
+                status: run.status.as_str().to_string(),
+            });
+        }
+        Spi::run_with_args(
+            "UPDATE drip.runs SET batch_size = coalesce($2, batch_size), sleep = coalesce($3, sleep), \
+                 target_batch_time = CASE WHEN $4 IS NULL THEN target_batch_time \
+                                          WHEN $4 = interval '0' THEN NULL ELSE $4 END, \
+                 max_replica_lag = coalesce($5, max_replica_lag) \
+             WHERE id = $1",
+            &[
+                run_id.into(),
+                changes.batch_size.into(),
+                changes.sleep.into(),
+                changes.target_batch_time.into(),
+                changes.max_replica_lag.into(),
+            ],
+        )?;
+        Ok(())
+    })
+}
+
+extension_sql!(
+    r#"
+CREATE FUNCTION drip.alter(run_id bigint, batch_size integer DEFAULT NULL,
+    sleep interval DEFAULT NULL, target_batch_time interval DEFAULT NULL,
+    max_replica_lag interval DEFAULT NULL) RETURNS drip.runs
+LANGUAGE sql VOLATILE AS $fn$
+    SELECT drip.alter_internal($1, $2, $3, $4, $5);
+    SELECT * FROM drip.runs WHERE runs.id = $1;
+$fn$;
+COMMENT ON FUNCTION drip.alter(bigint, integer, interval, interval, interval)
+    IS 'Change an active run''s batch_size, sleep, target_batch_time (0 = fixed size) or max_replica_lag from its next batch on.';
+"#,
+    name = "alter_wrapper",
+    requires = ["bootstrap", alter_internal]
+);
+
 extension_sql!(
     r#"
 CREATE FUNCTION drip.register(
@@ -462,13 +612,17 @@ CREATE FUNCTION drip.register(
     batch_size integer DEFAULT 1000, sleep interval DEFAULT '100 milliseconds',
     max_attempts integer DEFAULT 3, description text DEFAULT NULL,
     replace boolean DEFAULT false,
-    lock_timeout interval DEFAULT '1 second', statement_timeout interval DEFAULT '1 minute')
+    lock_timeout interval DEFAULT '1 second', statement_timeout interval DEFAULT '1 minute',
+    target_batch_time interval DEFAULT NULL, min_batch_size integer DEFAULT 10,
+    max_batch_size integer DEFAULT 100000, max_replica_lag interval DEFAULT '10 seconds',
+    throttle_query text DEFAULT NULL)
     RETURNS drip.backfills
 LANGUAGE sql VOLATILE AS $fn$
-    SELECT drip.register_internal($1, $2::oid, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13);
+    SELECT drip.register_internal($1, $2::oid, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13,
+                                  $14, $15, $16, $17, $18);
     SELECT * FROM drip.backfills WHERE backfills.name = $1;
 $fn$;
-COMMENT ON FUNCTION drip.register(text, regclass, text, text, jsonb, text[], integer, interval, integer, text, boolean, interval, interval)
+COMMENT ON FUNCTION drip.register(text, regclass, text, text, jsonb, text[], integer, interval, integer, text, boolean, interval, interval, interval, integer, integer, interval, text)
     IS 'Define (or with replace => true redefine) a backfill; validates everything up front.';
 "#,
     name = "register_wrapper",

@@ -118,6 +118,17 @@ pub fn notify_run(row: &RunRow, error: Option<&str>) -> DripResult<()> {
     ))
 }
 
+/// Send `run_throttled`: the run holds (its status stays `running`) for `reason`.
+pub fn notify_throttled(row: &RunRow, reason: &str) -> DripResult<()> {
+    let info = RunInfo {
+        run_id: row.id,
+        backfill: &row.backfill,
+        rows_done: row.rows_done,
+        batches_done: row.batches_done,
+    };
+    events::notify(&events::throttled_event(&info, reason, &now_text()))
+}
+
 /// Send a `batch_<status>` event.
 pub fn notify_batch(
     run: &RunRow,

@@ -271,6 +271,33 @@ impl Compiled {
     }
 }
 
+/// Check a throttle query: one statement returning rows (its first column is read as a
+/// boolean), no parameters, planned by Postgres as the caller. Returns the text to store.
+pub fn throttle_query(q: &str) -> DripResult<String> {
+    let f = action::fragment("throttle_query", q)?;
+    if let Some(p) = f.scan.placeholders.first() {
+        return Err(DripError::UndeclaredParameter {
+            what: "throttle_query",
+            name: p.name.clone(),
+        });
+    }
+    let first = f
+        .scan
+        .words
+        .first()
+        .map(|w| w.text.to_ascii_lowercase())
+        .unwrap_or_default();
+    if !matches!(first.as_str(), "select" | "with" | "values" | "table") {
+        return Err(DripError::BadSql {
+            what: "throttle_query",
+            message: "it must be a query (SELECT ...) returning a boolean".into(),
+            sqlstate: PgSqlErrorCode::ERRCODE_SYNTAX_ERROR,
+        });
+    }
+    explain("throttle_query", &f.text, &[])?;
+    Ok(f.text)
+}
+
 /// EXPLAIN `sql` with NULL arguments of the given types, turning any error into `BadSql`.
 fn explain(what: &'static str, sql: &str, arg_types: &[pg_sys::Oid]) -> DripResult<()> {
     let stmt = format!("EXPLAIN {sql}");

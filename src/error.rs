@@ -162,7 +162,7 @@ impl DripError {
                 format!("Stop it first with SELECT drip.stop({run_id}), or wait for it to finish.")
             }
             DripError::WrongStatus { .. } => {
-                "pause applies to enqueued or running runs, resume to paused runs, stop to pending, enqueued, running or paused runs, retry to failed or stopped runs.".into()
+                "pause applies to enqueued or running runs, resume to paused runs, stop to pending, enqueued, running or paused runs, retry to failed or stopped runs, alter to pending, enqueued, running or paused runs.".into()
             }
             DripError::PermissionDenied { owner, .. } => format!(
                 "Only its owner ({owner}), members of that role and superusers may control it."

@@ -37,6 +37,15 @@ pub fn run_event(status: &str, run: &RunInfo, error: Option<&str>, at: &str) -> 
     finish(m)
 }
 
+/// `run_throttled`: the run holds on a health signal; its status stays `running`.
+pub fn throttled_event(run: &RunInfo, reason: &str, at: &str) -> String {
+    let mut m = base("run_throttled", run.run_id, run.backfill, "running", at);
+    m.insert("rows_done".into(), json!(run.rows_done));
+    m.insert("batches_done".into(), json!(run.batches_done));
+    m.insert("reason".into(), json!(truncate(reason, MAX_ERROR)));
+    finish(m)
+}
+
 pub fn batch_event(
     status: &str,
     run_id: i64,
@@ -117,6 +126,20 @@ mod tests {
         assert_eq!(v["error"], "boom");
         let v: Value = serde_json::from_str(&run_event("running", &run, None, "t")).unwrap();
         assert!(v.get("error").is_none());
+    }
+
+    #[test]
+    fn throttled_event_fields() {
+        let run = RunInfo {
+            run_id: 2,
+            backfill: "b",
+            rows_done: 5,
+            batches_done: 1,
+        };
+        let v: Value = serde_json::from_str(&throttled_event(&run, "replica lag", "t")).unwrap();
+        assert_eq!(v["event"], "run_throttled");
+        assert_eq!(v["status"], "running");
+        assert_eq!(v["reason"], "replica lag");
     }
 
     #[test]

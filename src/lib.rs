@@ -13,6 +13,7 @@
 use pgrx::prelude::*;
 
 pub mod action;
+pub mod adaptive;
 mod api;
 pub mod catalog;
 pub mod compile;
@@ -25,6 +26,7 @@ pub mod pg;
 pub mod placeholders;
 pub mod security;
 pub mod status;
+pub mod throttle;
 pub mod worker;
 
 ::pgrx::pg_module_magic!(name, version);

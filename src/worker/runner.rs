@@ -17,6 +17,7 @@ use pgrx::datum::DatumWithOid;
 use pgrx::prelude::*;
 use pgrx::JsonB;
 
+use crate::adaptive::Adaptive;
 use crate::catalog::{self, RunRow, RUN_COLUMNS};
 use crate::compile::{Compiled, Definition};
 use crate::error::{DripError, DripResult, OrRaise};
@@ -24,6 +25,7 @@ use crate::params;
 use crate::pg::identity::{self, Restriction};
 use crate::pg::{signals, timeout, transaction, types};
 use crate::status::{BatchStatus, RunStatus};
+use crate::throttle;
 use crate::worker::launch;
 use crate::worker::locks::{run_key, RUNNER_KEY};
 
@@ -75,6 +77,8 @@ struct Batch {
     low: Option<Vec<String>>,
     high: Vec<String>,
     attempts: i32,
+    /// Keys in the range (for adaptive sizing); 0 when unknown (a redone batch).
+    keys: i64,
 }
 
 struct Runner {
@@ -90,15 +94,22 @@ struct Runner {
     owner: pg_sys::Oid,
     /// The owner's search_path at registration.
     search_path: String,
+    /// Adaptive sizing, while the run has a target_batch_time.
+    adaptive: Option<Adaptive>,
 }
 
-/// The run's batch settings, read before each batch so changes apply from the next one.
-#[derive(Debug, Clone, Copy)]
+/// The run's batch settings, read before each batch so changes (drip.alter) apply from the
+/// next one.
+#[derive(Debug, Clone)]
 struct Settings {
     batch_size: i32,
     sleep: Duration,
     lock_timeout_ms: i64,
     statement_timeout: Duration,
+    /// Adaptive sizing target; None (or zero) keeps batch_size fixed.
+    target_batch_time: Option<Duration>,
+    min_batch_size: i32,
+    max_batch_size: i32,
 }
 
 enum Step {
@@ -112,6 +123,9 @@ impl Runner {
         // the owner lost SELECT or was dropped): retried like batches, then the run fails.
         let mut boundary_failures = 0;
         loop {
+            if !self.hold_while_unhealthy() {
+                return;
+            }
             let step = transaction::run(|| self.mark_next());
             let (batch, settings) = match step {
                 Ok(Step::Batch(b, settings)) => (b, settings),
@@ -159,6 +173,7 @@ impl Runner {
                     }
                     self.retry = Some(Batch {
                         attempts: batch.attempts + 1,
+                        keys: 0,
                         ..batch.clone()
                     });
                     if !self.sleep(backoff(batch.attempts)) {
@@ -190,6 +205,7 @@ impl Runner {
             return Step::Batch(b, settings);
         }
 
+        self.sync_adaptive(&settings);
         let Some((high, keys)) = self.boundary(settings.batch_size) else {
             let done = catalog::set_run_status(&run, RunStatus::Completed, None).or_raise();
             log!(
@@ -207,13 +223,14 @@ impl Runner {
         .or_raise_spi()
         .unwrap_or(1);
         Spi::run_with_args(
-            "INSERT INTO drip.batches (run_id, batch_no, low_key, high_key, status) \
-             VALUES ($1, $2, $3, $4, 'running')",
+            "INSERT INTO drip.batches (run_id, batch_no, low_key, high_key, status, batch_size) \
+             VALUES ($1, $2, $3, $4, 'running', $5)",
             &[
                 self.run_id.into(),
                 no.into(),
                 self.cursor.clone().into(),
                 high.clone().into(),
+                settings.batch_size.into(),
             ],
         )
         .or_raise_spi();
@@ -224,9 +241,120 @@ impl Runner {
                 low: self.cursor.clone(),
                 high,
                 attempts: 1,
+                keys,
             },
             settings,
         )
+    }
+
+    /// Keep the adaptive controller in step with the run's settings (drip.alter may change
+    /// them between batches).
+    fn sync_adaptive(&mut self, settings: &Settings) {
+        match settings.target_batch_time {
+            None => self.adaptive = None,
+            Some(target) => {
+                let (min, max) = (
+                    settings.min_batch_size as i64,
+                    settings.max_batch_size as i64,
+                );
+                let same = self
+                    .adaptive
+                    .as_ref()
+                    .is_some_and(|a| a.target == target && a.min == min && a.max == max);
+                if !same {
+                    self.adaptive = Some(Adaptive::new(target, min, max));
+                }
+            }
+        }
+    }
+
+    /// Before a batch: hold while a health signal trips, announcing it once per reason with
+    /// `run_throttled`. Returns false if the worker must exit.
+    fn hold_while_unhealthy(&self) -> bool {
+        let mut times = 0;
+        let mut announced: Option<String> = None;
+        loop {
+            let reason = match transaction::run(|| self.health()) {
+                Ok(Health::NotRunning) => return true, // mark_next sees why and exits
+                Ok(Health::Fine) => None,
+                Ok(Health::Hold(h)) => Some(h.reason()),
+                Err(e) => Some(format!(
+                    "throttle check failed: {} ({})",
+                    e.message, e.sqlstate
+                )),
+            };
+            let Some(reason) = reason else {
+                if announced.is_some() {
+                    let _ = transaction::run(|| {
+                        Spi::run_with_args(
+                            "UPDATE drip.runs SET throttled = NULL WHERE id = $1",
+                            &[self.run_id.into()],
+                        )
+                        .or_raise_spi()
+                    });
+                }
+                return true;
+            };
+            times += 1;
+            if announced.as_deref() != Some(reason.as_str()) {
+                let _ = transaction::run(|| announce_throttled(self.run_id, &reason));
+                announced = Some(reason);
+            }
+            if !self.sleep(throttle::recheck_after(times)) {
+                return false;
+            }
+        }
+    }
+
+    /// Read the health signals and the run's status, in the caller's transaction.
+    fn health(&self) -> Health {
+        let row = Spi::connect(|c| {
+            let t = c.select(
+                "SELECT r.status, (extract(epoch FROM r.max_replica_lag) * 1000)::bigint, r.throttle_query, \
+                        pg_is_in_recovery(), \
+                        (SELECT (extract(epoch FROM max(greatest(write_lag, flush_lag, replay_lag))) * 1000)::bigint \
+                           FROM pg_catalog.pg_stat_replication) \
+                 FROM drip.runs r WHERE r.id = $1",
+                None,
+                &[self.run_id.into()],
+            )?;
+            let r = t.first();
+            Ok::<_, pgrx::spi::SpiError>((
+                r.get::<String>(1)?.unwrap_or_default(),
+                r.get::<i64>(2)?.unwrap_or(0).max(0),
+                r.get::<String>(3)?,
+                r.get::<bool>(4)?.unwrap_or(false),
+                r.get::<i64>(5)?,
+            ))
+        })
+        .or_raise_spi();
+        let (status, max_lag_ms, query, in_recovery, lag_ms) = row;
+        if status != "running" && status != "enqueued" {
+            return Health::NotRunning;
+        }
+        let mut signals = throttle::Signals {
+            in_recovery,
+            replica_lag: lag_ms.map(|ms| Duration::from_millis(ms.max(0) as u64)),
+            throttle_query: false,
+        };
+        if !in_recovery {
+            if let Some(q) = query.filter(|q| !q.trim().is_empty()) {
+                signals.throttle_query = self
+                    .as_owner(|| {
+                        Spi::connect(|c| {
+                            c.select(q.as_str(), Some(1), &[])?
+                                .first()
+                                .get_one::<bool>()
+                        })
+                    })
+                    .or_raise_spi()
+                    .unwrap_or(false);
+            }
+        }
+        match throttle::decide(&signals, Duration::from_millis(max_lag_ms as u64)) {
+            Some(h) => Health::Hold(h),
+            None => Health::Fine,
+        }
     }
 
     /// The next batch's upper bound (inclusive) and how many keys it holds; None when done.
@@ -292,7 +420,7 @@ impl Runner {
     }
 
     /// Transaction 2 of a batch: the work, the batch row and the cursor, committed together.
-    fn work(&self, b: &Batch, settings: &Settings) {
+    fn work(&mut self, b: &Batch, settings: &Settings) {
         // A batch must lose a lock fight with live traffic, not win it.
         Spi::run_with_args(
             "SELECT pg_catalog.set_config('lock_timeout', $1, true)",
@@ -321,10 +449,18 @@ impl Runner {
         let rows = {
             // Only the user's statement is limited; our bookkeeping below is not.
             let _limit = timeout::StatementTimeout::arm(settings.statement_timeout);
-            self.as_owner(|| {
-                Spi::connect_mut(|c| c.update(sql.as_str(), None, &args).map(|t| t.len() as i64))
-            })
-            .or_raise_spi()
+            let started = Instant::now();
+            let rows = self
+                .as_owner(|| {
+                    Spi::connect_mut(|c| {
+                        c.update(sql.as_str(), None, &args).map(|t| t.len() as i64)
+                    })
+                })
+                .or_raise_spi();
+            if let Some(a) = self.adaptive.as_mut() {
+                a.observe(b.keys, started.elapsed());
+            }
+            rows
         };
         // Our own bookkeeping waits for locks as long as it must (pause/stop hold the run row
         // only briefly).
@@ -336,7 +472,11 @@ impl Runner {
             &[self.run_id.into(), b.no.into(), rows.into()],
         )
         .or_raise_spi();
-        let run = advance(self.run_id, &b.high, rows);
+        let next_size = self
+            .adaptive
+            .as_ref()
+            .map(|a| a.next_size(settings.batch_size as i64) as i32);
+        let run = advance(self.run_id, &b.high, rows, next_size);
         catalog::notify_batch(&run, BatchStatus::Completed, b.no, rows, None).or_raise();
     }
 
@@ -395,6 +535,27 @@ impl Runner {
     }
 }
 
+/// What the health check found.
+enum Health {
+    Fine,
+    Hold(throttle::Hold),
+    /// The run was paused or stopped meanwhile.
+    NotRunning,
+}
+
+/// Record and announce that a run holds.
+fn announce_throttled(run_id: i64, reason: &str) {
+    Spi::run_with_args(
+        "UPDATE drip.runs SET throttled = $2 WHERE id = $1",
+        &[run_id.into(), reason.into()],
+    )
+    .or_raise_spi();
+    if let Some(run) = catalog::read_run(run_id).or_raise() {
+        catalog::notify_throttled(&run, reason).or_raise();
+    }
+    log!("data_drip run {run_id} holds: {reason}");
+}
+
 /// Pin this session's search_path to schemas no user can create objects in.
 pub fn pin_search_path() {
     Spi::run_with_args(
@@ -436,7 +597,9 @@ fn lock_running(run_id: i64) -> Option<(RunRow, Settings)> {
         let t = c.select(
             "SELECT batch_size, (extract(epoch FROM sleep) * 1000)::bigint, \
                     (extract(epoch FROM lock_timeout) * 1000)::bigint, \
-                    (extract(epoch FROM statement_timeout) * 1000)::bigint \
+                    (extract(epoch FROM statement_timeout) * 1000)::bigint, \
+                    (extract(epoch FROM target_batch_time) * 1000)::bigint, \
+                    min_batch_size, max_batch_size \
              FROM drip.runs WHERE id = $1",
             None,
             &[run_id.into()],
@@ -452,6 +615,12 @@ fn lock_running(run_id: i64) -> Option<(RunRow, Settings)> {
             sleep: ms(2)?,
             lock_timeout_ms: r.get::<i64>(3)?.unwrap_or(0).max(0),
             statement_timeout: ms(4)?,
+            target_batch_time: r
+                .get::<i64>(5)?
+                .filter(|ms| *ms > 0)
+                .map(|ms| Duration::from_millis(ms as u64)),
+            min_batch_size: r.get::<i32>(6)?.unwrap_or(1),
+            max_batch_size: r.get::<i32>(7)?.unwrap_or(i32::MAX),
         })
     })
     .or_raise_spi();
@@ -468,15 +637,21 @@ fn release_run(run_id: i64) {
 }
 
 /// Advance the cursor and counters after a batch.
-fn advance(run_id: i64, high: &[String], rows: i64) -> RunRow {
+fn advance(run_id: i64, high: &[String], rows: i64, next_size: Option<i32>) -> RunRow {
     Spi::connect_mut(|c| {
         let t = c.update(
             &format!(
                 "UPDATE drip.runs SET cursor = $2, rows_done = rows_done + $3, \
-                 batches_done = batches_done + 1 WHERE id = $1 RETURNING {RUN_COLUMNS}"
+                 batches_done = batches_done + 1, batch_size = coalesce($4, batch_size) \
+                 WHERE id = $1 RETURNING {RUN_COLUMNS}"
             ),
             None,
-            &[run_id.into(), high.to_vec().into(), rows.into()],
+            &[
+                run_id.into(),
+                high.to_vec().into(),
+                rows.into(),
+                next_size.into(),
+            ],
         )?;
         catalog::runs_from(t)?
             .pop()
@@ -569,6 +744,7 @@ fn claim(run_id: i64) -> Option<Runner> {
         retry,
         owner: def.owner(),
         search_path: def.search_path.clone(),
+        adaptive: None,
     })
 }
 
@@ -587,6 +763,7 @@ fn interrupted_batch(run: &RunRow) -> Option<Batch> {
                 low: r.get::<Vec<String>>(2)?,
                 high: r.get::<Vec<String>>(3)?.unwrap_or_default(),
                 attempts: r.get::<i32>(4)?.unwrap_or(1) + 1,
+                keys: 0,
             });
         }
         Ok::<_, pgrx::spi::SpiError>(out)

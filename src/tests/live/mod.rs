@@ -11,6 +11,7 @@ mod engine;
 mod events;
 mod resilience;
 mod security;
+mod tuning;
 
 /// Live tests share one database and the `drip.max_runs` slots, so they run one at a time.
 static SERIAL: Mutex<()> = Mutex::new(());
