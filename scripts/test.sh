@@ -157,7 +157,7 @@ suite_faults() {
     # installed in the system PostgreSQL and cargo's test runner for tests/faults.rs.
     DRIP_INSTALL_PROFILE="${DRIP_INSTALL_PROFILE:-dev}" install_extension
     PGRX_PG_CONFIG_PATH="$PG_CONFIG" \
-        cargo test --test faults -- --ignored --nocapture --test-threads=1 </dev/null
+        cargo test --test faults --test replica -- --ignored --nocapture --test-threads=1 </dev/null
 }
 
 # ---------------------------------------------------------------------------
@@ -166,7 +166,7 @@ declare -A SUITE_DESC=(
     [lint]="cargo fmt --check + cargo clippy -D warnings"
     [pgrx]="cargo pgrx test pg15"
     [regress]="pg_regress pg_test/"
-    [faults]="fault injection on an owned cluster (tests/faults.rs)"
+    [faults]="fault injection and a real standby on owned clusters (tests/faults.rs, tests/replica.rs)"
 )
 ALL_SUITES=(lint pgrx regress faults)
 

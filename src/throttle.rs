@@ -16,13 +16,22 @@ pub enum Hold {
 }
 
 impl Hold {
+    /// Which signal tripped; a run announces a hold once per kind, however the numbers move.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Hold::Standby => "standby",
+            Hold::ReplicaLag { .. } => "replica_lag",
+            Hold::ThrottleQuery => "throttle_query",
+        }
+    }
+
     pub fn reason(&self) -> String {
         match self {
             Hold::Standby => "server is a hot standby".into(),
             Hold::ReplicaLag { lag, limit } => format!(
-                "replica lag {:.1} s exceeds max_replica_lag {:.1} s",
-                lag.as_secs_f64(),
-                limit.as_secs_f64()
+                "replica lag {} ms exceeds max_replica_lag {} ms",
+                lag.as_millis(),
+                limit.as_millis()
             ),
             Hold::ThrottleQuery => "throttle_query returned true".into(),
         }
@@ -86,7 +95,8 @@ mod tests {
             ..Default::default()
         };
         let h = decide(&s, Duration::from_secs(10)).unwrap();
-        assert!(h.reason().contains("12.0 s"), "{}", h.reason());
+        assert!(h.reason().contains("12000 ms exceeds max_replica_lag 10000 ms"), "{}", h.reason());
+        assert_eq!(h.kind(), "replica_lag");
         assert_eq!(decide(&s, Duration::from_secs(15)), None);
         assert_eq!(decide(&s, Duration::ZERO), None);
         let s = Signals {

@@ -272,18 +272,18 @@ impl Runner {
     /// `run_throttled`. Returns false if the worker must exit.
     fn hold_while_unhealthy(&self) -> bool {
         let mut times = 0;
-        let mut announced: Option<String> = None;
+        let mut announced: Option<&'static str> = None;
         loop {
-            let reason = match transaction::run(|| self.health()) {
+            let hold = match transaction::run(|| self.health()) {
                 Ok(Health::NotRunning) => return true, // mark_next sees why and exits
                 Ok(Health::Fine) => None,
-                Ok(Health::Hold(h)) => Some(h.reason()),
-                Err(e) => Some(format!(
-                    "throttle check failed: {} ({})",
-                    e.message, e.sqlstate
+                Ok(Health::Hold(h)) => Some((h.kind(), h.reason())),
+                Err(e) => Some((
+                    "error",
+                    format!("throttle check failed: {} ({})", e.message, e.sqlstate),
                 )),
             };
-            let Some(reason) = reason else {
+            let Some((kind, reason)) = hold else {
                 if announced.is_some() {
                     let _ = transaction::run(|| {
                         Spi::run_with_args(
@@ -296,9 +296,9 @@ impl Runner {
                 return true;
             };
             times += 1;
-            if announced.as_deref() != Some(reason.as_str()) {
+            if announced != Some(kind) {
                 let _ = transaction::run(|| announce_throttled(self.run_id, &reason));
-                announced = Some(reason);
+                announced = Some(kind);
             }
             if !self.sleep(throttle::recheck_after(times)) {
                 return false;
