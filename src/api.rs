@@ -439,7 +439,10 @@ fn start_impl(
 }
 
 /// The planner's estimate of the rows in scope (None if it cannot be had).
-fn estimate_rows(compiled: &compile::Compiled, args: &[pgrx::datum::DatumWithOid]) -> Option<i64> {
+pub(crate) fn estimate_rows(
+    compiled: &compile::Compiled,
+    args: &[pgrx::datum::DatumWithOid],
+) -> Option<i64> {
     let sql = match &compiled.scope_sql {
         Some(s) => format!(
             "EXPLAIN (FORMAT JSON) SELECT 1 FROM {} WHERE (\n{s}\n)",

@@ -24,6 +24,7 @@ pub mod keyset;
 pub mod params;
 pub mod pg;
 pub mod placeholders;
+mod plan;
 pub mod security;
 pub mod status;
 pub mod throttle;

@@ -95,7 +95,12 @@ mod tests {
             ..Default::default()
         };
         let h = decide(&s, Duration::from_secs(10)).unwrap();
-        assert!(h.reason().contains("12000 ms exceeds max_replica_lag 10000 ms"), "{}", h.reason());
+        assert!(
+            h.reason()
+                .contains("12000 ms exceeds max_replica_lag 10000 ms"),
+            "{}",
+            h.reason()
+        );
         assert_eq!(h.kind(), "replica_lag");
         assert_eq!(decide(&s, Duration::from_secs(15)), None);
         assert_eq!(decide(&s, Duration::ZERO), None);

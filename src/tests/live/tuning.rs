@@ -178,3 +178,49 @@ fn alter_changes_a_run_from_its_next_batch() {
     );
     db.exec(&format!("SELECT drip.stop({run})"));
 }
+
+#[test]
+fn plan_shows_the_statements_and_their_plans_and_changes_nothing() {
+    let mut db = db();
+    db.exec(
+        "CREATE TABLE pl_t (id int PRIMARY KEY, age int NOT NULL, n int NOT NULL DEFAULT 0);
+         INSERT INTO pl_t (id, age) SELECT g, g % 50 FROM generate_series(1, 100000) g;
+         ANALYZE pl_t;
+         SELECT drip.register('pl', 'pl_t', 'SET n = n + 1', scope => 'age = $age',
+             params => '{\"age\": \"int\"}', batch_size => 5000);",
+    );
+    let before = db.text("SELECT (SELECT count(*) FROM drip.runs) || '/' || (SELECT count(*) FROM pl_t WHERE n <> 0)");
+    let row = db
+        .c
+        .query_one(
+            "SELECT rows_in_scope, batches, boundary_sql, batch_sql, boundary_plan, batch_plan, warning
+             FROM drip.plan('pl', '{\"age\": 7}')",
+            &[],
+        )
+        .unwrap();
+    let rows: i64 = row.get(0);
+    let batches: i64 = row.get(1);
+    let (bsql, wsql, bplan, wplan): (String, String, String, String) =
+        (row.get(2), row.get(3), row.get(4), row.get(5));
+    let warning: Option<String> = row.get(6);
+    assert!((1500..=2500).contains(&rows), "{rows}");
+    assert_eq!(batches, 20);
+    assert!(bsql.contains("ORDER BY id LIMIT $2"), "{bsql}");
+    assert!(
+        wsql.starts_with("UPDATE public.pl_t SET n = n + 1"),
+        "{wsql}"
+    );
+    assert!(
+        bplan.contains("Index Only Scan") || bplan.contains("Index Scan"),
+        "{bplan}"
+    );
+    assert!(wplan.contains("Update on pl_t"), "{wplan}");
+    assert_eq!(warning, None);
+    let after = db.text("SELECT (SELECT count(*) FROM drip.runs) || '/' || (SELECT count(*) FROM pl_t WHERE n <> 0)");
+    assert_eq!(before, after, "plan changed something");
+    // A wrong value is refused as in start.
+    assert_eq!(
+        db.sqlstate("SELECT * FROM drip.plan('pl', '{\"age\": \"x\"}')"),
+        "22P02"
+    );
+}

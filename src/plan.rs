@@ -1,0 +1,172 @@
+//! `drip.plan`: a dry run. Shows what a run of a backfill would do (the estimated rows in
+//! scope and batches, the boundary query and the batch statement, and their EXPLAIN plans)
+//! and warns when the boundary query would not be an index scan. It changes nothing.
+
+use pgrx::datum::DatumWithOid;
+use pgrx::prelude::*;
+use pgrx::JsonB;
+use serde_json::Value;
+
+use crate::catalog;
+use crate::compile::{Compiled, Definition};
+use crate::error::{DripResult, OrRaise};
+use crate::params;
+use crate::pg::{identity, types};
+use crate::security;
+
+/// rows_in_scope, batches, boundary_sql, batch_sql, boundary_plan, batch_plan, warning.
+type PlanRow = (
+    Option<i64>,
+    Option<i64>,
+    String,
+    String,
+    String,
+    String,
+    Option<String>,
+);
+
+/// Dry run of a backfill with parameter values.
+#[pg_extern(volatile, parallel_unsafe)]
+#[allow(clippy::type_complexity)]
+fn plan(
+    name: &str,
+    params: default!(Option<JsonB>, "'{}'"),
+) -> TableIterator<
+    'static,
+    (
+        name!(rows_in_scope, Option<i64>),
+        name!(batches, Option<i64>),
+        name!(boundary_sql, String),
+        name!(batch_sql, String),
+        name!(boundary_plan, String),
+        name!(batch_plan, String),
+        name!(warning, Option<String>),
+    ),
+> {
+    TableIterator::once(plan_impl(name, params).or_raise())
+}
+
+fn plan_impl(name: &str, values: Option<JsonB>) -> DripResult<PlanRow> {
+    let caller = identity::current_user();
+    let definition = security::as_catalog(|| {
+        let definition = catalog::definition_for_update(name)?;
+        let def = Definition::from_json(&definition)?;
+        security::check_control(caller, def.owner(), name)?;
+        Ok(definition)
+    })?;
+    let def = Definition::from_json(&definition)?;
+    let batch_size = definition
+        .get("batch_size")
+        .and_then(Value::as_i64)
+        .unwrap_or(1000);
+    let compiled = def.compile()?;
+    let decls: Vec<params::ParamDecl> = compiled.params.iter().map(|(d, _)| d.clone()).collect();
+    let effective = params::effective_values(&decls, &values.map(|j| j.0).unwrap_or(Value::Null))?;
+    let texts: Vec<Option<String>> = compiled
+        .params
+        .iter()
+        .zip(&effective)
+        .map(|((_, t), v)| params::input_text(v, t.is_array))
+        .collect();
+    let param_args = |c: &Compiled| -> DripResult<Vec<DatumWithOid<'static>>> {
+        c.params
+            .iter()
+            .zip(&texts)
+            .map(|((d, t), v)| types::input_datum(t.oid, v.as_deref(), &d.name))
+            .collect()
+    };
+    let rows_in_scope = crate::api::estimate_rows(&compiled, &param_args(&compiled)?);
+    let all_rows = estimate_all(&compiled);
+    let batches = all_rows.map(|n| (n + batch_size - 1) / batch_size.max(1));
+
+    // Sample bounds: the first key and the end of the first batch after it, so the plans show
+    // what a real batch in the middle of the table gets.
+    let first = sample_key(&compiled, None, 1)?;
+    let high = match &first {
+        Some(k) => sample_key(&compiled, Some(k), batch_size)?,
+        None => None,
+    };
+    let key_args = |vals: Option<&Vec<String>>| -> DripResult<Vec<DatumWithOid<'static>>> {
+        compiled
+            .keys
+            .iter()
+            .enumerate()
+            .map(|(i, k)| types::input_datum(k.type_oid, vals.map(|v| v[i].as_str()), &k.name))
+            .collect()
+    };
+    let mut boundary_args = key_args(first.as_ref())?;
+    boundary_args.push(DatumWithOid::from(batch_size));
+    let boundary_plan = explain(&compiled.sql.boundary_next, &boundary_args)?;
+    let mut batch_args = param_args(&compiled)?;
+    batch_args.extend(key_args(first.as_ref())?);
+    batch_args.extend(key_args(high.as_ref().or(first.as_ref()))?);
+    let batch_plan = explain(&compiled.sql.work_next, &batch_args)?;
+    let warning =
+        (!boundary_plan.contains("Index")).then(|| {
+            format!(
+            "the boundary query is not an index scan; check that an index leads with the key ({})",
+            compiled.keys.iter().map(|k| k.name.as_str()).collect::<Vec<_>>().join(", ")
+        )
+        });
+    Ok((
+        rows_in_scope,
+        batches,
+        compiled.sql.boundary_next.clone(),
+        compiled.sql.work_next.clone(),
+        boundary_plan,
+        batch_plan,
+        warning,
+    ))
+}
+
+/// Planner estimate of all rows of the relation (keys to walk).
+fn estimate_all(compiled: &Compiled) -> Option<i64> {
+    let plan = Spi::explain(&format!("SELECT 1 FROM {}", compiled.relation)).ok()?;
+    plan.0
+        .get(0)?
+        .get("Plan")?
+        .get("Plan Rows")?
+        .as_f64()
+        .map(|f| f.round() as i64)
+}
+
+/// The key `n` keys after `after` (or the `n`-th key), as text per column.
+fn sample_key(
+    compiled: &Compiled,
+    after: Option<&Vec<String>>,
+    n: i64,
+) -> DripResult<Option<Vec<String>>> {
+    let mut args: Vec<DatumWithOid> = Vec::new();
+    let sql = match after {
+        None => &compiled.sql.boundary_first,
+        Some(k) => {
+            for (i, col) in compiled.keys.iter().enumerate() {
+                args.push(types::input_datum(col.type_oid, Some(&k[i]), &col.name)?);
+            }
+            &compiled.sql.boundary_next
+        }
+    };
+    args.push(DatumWithOid::from(n));
+    let k = compiled.keys.len();
+    Ok(Spi::connect(|c| {
+        let t = c.select(sql.as_str(), None, &args)?;
+        if let Some(r) = t.into_iter().next() {
+            let mut out = Vec::with_capacity(k);
+            for i in 1..=k {
+                out.push(r.get::<String>(i)?.unwrap_or_default());
+            }
+            return Ok(Some(out));
+        }
+        Ok::<_, pgrx::spi::SpiError>(None)
+    })?)
+}
+
+/// EXPLAIN (no ANALYZE: nothing runs) as text.
+fn explain(sql: &str, args: &[DatumWithOid]) -> DripResult<String> {
+    let lines = Spi::connect_mut(|c| {
+        let t = c.update(&format!("EXPLAIN {sql}"), None, args)?;
+        t.map(|r| r.get::<String>(1).map(|s| s.unwrap_or_default()))
+            .collect::<Result<Vec<_>, _>>()
+    })?;
+    Ok(lines.join("\n"))
+}
