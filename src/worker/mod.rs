@@ -8,3 +8,4 @@ pub mod launcher;
 pub mod locks;
 pub mod runner;
 pub mod scheduler;
+pub mod statements;

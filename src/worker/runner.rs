@@ -21,6 +21,7 @@ use crate::adaptive::Adaptive;
 use crate::catalog::{self, RunRow, RUN_COLUMNS};
 use crate::compile::{Compiled, Definition};
 use crate::error::{DripError, DripResult, OrRaise};
+use crate::events;
 use crate::params;
 use crate::pg::identity::{self, Restriction};
 use crate::pg::{signals, timeout, transaction, types};
@@ -28,6 +29,7 @@ use crate::status::{BatchStatus, RunStatus};
 use crate::throttle;
 use crate::worker::launch;
 use crate::worker::locks::{run_key, RUNNER_KEY};
+use crate::worker::statements::StatementCache;
 
 /// How often a long sleep between batches looks at the run's status.
 const STATUS_POLL: Duration = Duration::from_millis(200);
@@ -96,6 +98,13 @@ struct Runner {
     search_path: String,
     /// Adaptive sizing, while the run has a target_batch_time.
     adaptive: Option<Adaptive>,
+    backfill: String,
+    /// Number of the next new batch.
+    next_no: i64,
+    /// The signal the run is holding on (announced once per kind), and for how many checks.
+    throttled: Option<&'static str>,
+    hold_times: u32,
+    stmts: StatementCache,
 }
 
 /// The run's batch settings, read before each batch so changes (drip.alter) apply from the
@@ -114,6 +123,8 @@ struct Settings {
 
 enum Step {
     Batch(Batch, Settings),
+    /// A health signal tripped: look again after this long.
+    Hold(Duration),
     Exit,
 }
 
@@ -123,13 +134,16 @@ impl Runner {
         // the owner lost SELECT or was dropped): retried like batches, then the run fails.
         let mut boundary_failures = 0;
         loop {
-            if !self.hold_while_unhealthy() {
-                return;
-            }
             let step = transaction::run(|| self.mark_next());
             let (batch, settings) = match step {
                 Ok(Step::Batch(b, settings)) => (b, settings),
                 Ok(Step::Exit) => return,
+                Ok(Step::Hold(wait)) => {
+                    if !self.sleep(wait) {
+                        return;
+                    }
+                    continue;
+                }
                 Err(e) => {
                     boundary_failures += 1;
                     warning!(
@@ -184,24 +198,53 @@ impl Runner {
         }
     }
 
-    /// Transaction 1 of a batch: decide what to do next and mark the batch running.
+    /// Transaction 1 of a batch: check the run and its health, decide what to do next and mark
+    /// the batch running. The marker commits synchronously: once batch_running was announced,
+    /// the row must survive a crash so the catalog can say the attempt was interrupted.
     fn mark_next(&mut self) -> Step {
-        // The marker commits synchronously: once batch_running was announced, the row must
-        // survive a crash so the catalog can say the attempt was interrupted.
-        let Some((run, settings)) = lock_running(self.run_id) else {
+        let Some(state) = self.lock_state() else {
             release_run(self.run_id);
             return Step::Exit;
         };
+        if !state.owner_exists {
+            DripError::OwnerGone(self.backfill.clone()).raise();
+        }
+        if let Some(hold) = self.health(&state) {
+            self.hold_times += 1;
+            if self.throttled != Some(hold.kind()) {
+                announce_throttled(self.run_id, &hold.reason());
+                self.throttled = Some(hold.kind());
+            }
+            return Step::Hold(throttle::recheck_after(self.hold_times));
+        }
+        self.hold_times = 0;
+        if self.throttled.take().is_some() {
+            self.stmts
+                .exec(
+                    "UPDATE drip.runs SET throttled = NULL WHERE id = $1",
+                    &[self.run_id.into()],
+                )
+                .or_raise_spi();
+        }
+        let run = state.run;
+        let settings = state.settings;
 
         if let Some(b) = self.retry.clone() {
-            Spi::run_with_args(
-                "UPDATE drip.batches SET status = 'running', attempts = $3, started_at = clock_timestamp(), \
-                 finished_at = NULL, rows = NULL \
-                 WHERE run_id = $1 AND batch_no = $2",
-                &[self.run_id.into(), b.no.into(), b.attempts.into()],
-            )
-            .or_raise_spi();
-            catalog::notify_batch(&run, BatchStatus::Running, b.no, 0, None).or_raise();
+            let payload = self.batch_payload(BatchStatus::Running, b.no, 0);
+            self.stmts
+                .exec(
+                    "WITH u AS (UPDATE drip.batches SET status = 'running', attempts = $3, \
+                         started_at = clock_timestamp(), finished_at = NULL, rows = NULL \
+                         WHERE run_id = $1 AND batch_no = $2) \
+                     SELECT pg_catalog.pg_notify('drip_events', $4)",
+                    &[
+                        self.run_id.into(),
+                        b.no.into(),
+                        b.attempts.into(),
+                        payload.into(),
+                    ],
+                )
+                .or_raise_spi();
             return Step::Batch(b, settings);
         }
 
@@ -216,25 +259,24 @@ impl Runner {
             );
             return Step::Exit;
         };
-        let no = Spi::get_one_with_args::<i64>(
-            "SELECT coalesce(max(batch_no), 0) + 1 FROM drip.batches WHERE run_id = $1",
-            &[self.run_id.into()],
-        )
-        .or_raise_spi()
-        .unwrap_or(1);
-        Spi::run_with_args(
-            "INSERT INTO drip.batches (run_id, batch_no, low_key, high_key, status, batch_size) \
-             VALUES ($1, $2, $3, $4, 'running', $5)",
-            &[
-                self.run_id.into(),
-                no.into(),
-                self.cursor.clone().into(),
-                high.clone().into(),
-                settings.batch_size.into(),
-            ],
-        )
-        .or_raise_spi();
-        catalog::notify_batch(&run, BatchStatus::Running, no, keys, None).or_raise();
+        let no = self.next_no;
+        let payload = self.batch_payload(BatchStatus::Running, no, keys);
+        self.stmts
+            .exec(
+                "WITH i AS (INSERT INTO drip.batches (run_id, batch_no, low_key, high_key, status, batch_size) \
+                     VALUES ($1, $2, $3, $4, 'running', $5)) \
+                 SELECT pg_catalog.pg_notify('drip_events', $6)",
+                &[
+                    self.run_id.into(),
+                    no.into(),
+                    self.cursor.clone().into(),
+                    high.clone().into(),
+                    settings.batch_size.into(),
+                    payload.into(),
+                ],
+            )
+            .or_raise_spi();
+        self.next_no += 1;
         Step::Batch(
             Batch {
                 no,
@@ -245,6 +287,131 @@ impl Runner {
             },
             settings,
         )
+    }
+
+    fn batch_payload(&self, status: BatchStatus, no: i64, rows: i64) -> String {
+        events::batch_event(
+            status.as_str(),
+            self.run_id,
+            &self.backfill,
+            no,
+            rows,
+            None,
+            &catalog::now_text(),
+        )
+    }
+
+    /// Lock the run row and read its settings, counters and the health signals, in one
+    /// statement. None once the run is no longer running (paused, stopped, gone). A run paused
+    /// and resumed while this runner was still alive is `enqueued`: take it back.
+    fn lock_state(&mut self) -> Option<RunState> {
+        let row = self
+            .stmts
+            .run(
+                "SELECT r.status, r.batch_size, (extract(epoch FROM r.sleep) * 1000)::bigint, \
+                        (extract(epoch FROM r.lock_timeout) * 1000)::bigint, \
+                        (extract(epoch FROM r.statement_timeout) * 1000)::bigint, \
+                        (extract(epoch FROM r.target_batch_time) * 1000)::bigint, \
+                        r.min_batch_size, r.max_batch_size, \
+                        (extract(epoch FROM r.max_replica_lag) * 1000)::bigint, r.throttle_query, \
+                        pg_catalog.pg_is_in_recovery(), \
+                        CASE WHEN r.max_replica_lag > interval '0' THEN \
+                          (SELECT (extract(epoch FROM max(greatest(w.write_lag, w.flush_lag, w.replay_lag))) * 1000)::bigint \
+                             FROM pg_catalog.pg_stat_get_wal_senders() w) END, \
+                        EXISTS (SELECT 1 FROM pg_catalog.pg_roles o WHERE o.oid = r.owner), \
+                        r.rows_done, r.batches_done, r.worker_pid \
+                 FROM drip.runs r WHERE r.id = $1 FOR NO KEY UPDATE OF r",
+                &[self.run_id.into()],
+                |t| {
+                    let Some(r) = t.into_iter().next() else {
+                        return Ok(None);
+                    };
+                    let ms = |v: Option<i64>| Duration::from_millis(v.unwrap_or(0).max(0) as u64);
+                    Ok(Some((
+                        r.get::<String>(1)?.unwrap_or_default(),
+                        Settings {
+                            batch_size: r.get::<i32>(2)?.unwrap_or(1000),
+                            sleep: ms(r.get::<i64>(3)?),
+                            lock_timeout_ms: r.get::<i64>(4)?.unwrap_or(0).max(0),
+                            statement_timeout: ms(r.get::<i64>(5)?),
+                            target_batch_time: r
+                                .get::<i64>(6)?
+                                .filter(|v| *v > 0)
+                                .map(|v| Duration::from_millis(v as u64)),
+                            min_batch_size: r.get::<i32>(7)?.unwrap_or(1),
+                            max_batch_size: r.get::<i32>(8)?.unwrap_or(i32::MAX),
+                        },
+                        r.get::<i64>(9)?.unwrap_or(0).max(0),
+                        r.get::<String>(10)?,
+                        r.get::<bool>(11)?.unwrap_or(false),
+                        r.get::<i64>(12)?,
+                        r.get::<bool>(13)?.unwrap_or(false),
+                        (r.get::<i64>(14)?.unwrap_or(0), r.get::<i64>(15)?.unwrap_or(0), r.get::<i32>(16)?),
+                    )))
+                },
+            )
+            .or_raise_spi()?;
+        let (
+            status,
+            settings,
+            max_lag_ms,
+            throttle_query,
+            in_recovery,
+            lag_ms,
+            owner_exists,
+            counters,
+        ) = row;
+        let mut run = RunRow {
+            id: self.run_id,
+            backfill: self.backfill.clone(),
+            status: RunStatus::parse(&status).or_raise(),
+            rows_done: counters.0,
+            batches_done: counters.1,
+            worker_pid: counters.2,
+        };
+        match run.status {
+            RunStatus::Running => {}
+            RunStatus::Enqueued => {
+                Spi::run_with_args(
+                    "UPDATE drip.runs SET worker_pid = pg_backend_pid() WHERE id = $1",
+                    &[self.run_id.into()],
+                )
+                .or_raise_spi();
+                run = catalog::set_run_status(&run, RunStatus::Running, None).or_raise();
+            }
+            _ => return None,
+        }
+        Some(RunState {
+            run,
+            settings,
+            max_replica_lag: Duration::from_millis(max_lag_ms as u64),
+            throttle_query,
+            in_recovery,
+            replica_lag: lag_ms.map(|v| Duration::from_millis(v.max(0) as u64)),
+            owner_exists,
+        })
+    }
+
+    /// Whether to hold before this batch; the throttle query runs as the owner.
+    fn health(&mut self, state: &RunState) -> Option<throttle::Hold> {
+        let mut signals = throttle::Signals {
+            in_recovery: state.in_recovery,
+            replica_lag: state.replica_lag,
+            throttle_query: false,
+        };
+        if !state.in_recovery {
+            if let Some(q) = state
+                .throttle_query
+                .as_deref()
+                .filter(|q| !q.trim().is_empty())
+            {
+                signals.throttle_query = self
+                    .as_owner(|stmts| stmts.run(q, &[], |t| t.first().get_one::<bool>()))
+                    .or_raise_spi()
+                    .unwrap_or(false);
+            }
+        }
+        throttle::decide(&signals, state.max_replica_lag)
     }
 
     /// Keep the adaptive controller in step with the run's settings (drip.alter may change
@@ -268,146 +435,32 @@ impl Runner {
         }
     }
 
-    /// Before a batch: hold while a health signal trips, announcing it once per reason with
-    /// `run_throttled`. Returns false if the worker must exit.
-    fn hold_while_unhealthy(&self) -> bool {
-        let mut times = 0;
-        let mut announced: Option<&'static str> = None;
-        loop {
-            let hold = match transaction::run(|| self.health()) {
-                Ok(Health::NotRunning) => return true, // mark_next sees why and exits
-                Ok(Health::Fine) => None,
-                Ok(Health::Hold(h)) => Some((h.kind(), h.reason())),
-                Err(e) => Some((
-                    "error",
-                    format!("throttle check failed: {} ({})", e.message, e.sqlstate),
-                )),
-            };
-            let Some((kind, reason)) = hold else {
-                if announced.is_some() {
-                    let _ = transaction::run(|| {
-                        Spi::run_with_args(
-                            "UPDATE drip.runs SET throttled = NULL WHERE id = $1",
-                            &[self.run_id.into()],
-                        )
-                        .or_raise_spi()
-                    });
-                }
-                return true;
-            };
-            times += 1;
-            if announced != Some(kind) {
-                let _ = transaction::run(|| announce_throttled(self.run_id, &reason));
-                announced = Some(kind);
-            }
-            if !self.sleep(throttle::recheck_after(times)) {
-                return false;
-            }
-        }
-    }
-
-    /// Read the health signals and the run's status, in the caller's transaction.
-    fn health(&self) -> Health {
-        let row = Spi::connect(|c| {
-            let t = c.select(
-                "SELECT r.status, (extract(epoch FROM r.max_replica_lag) * 1000)::bigint, r.throttle_query, \
-                        pg_is_in_recovery(), \
-                        (SELECT (extract(epoch FROM max(greatest(write_lag, flush_lag, replay_lag))) * 1000)::bigint \
-                           FROM pg_catalog.pg_stat_replication) \
-                 FROM drip.runs r WHERE r.id = $1",
-                None,
-                &[self.run_id.into()],
-            )?;
-            let r = t.first();
-            Ok::<_, pgrx::spi::SpiError>((
-                r.get::<String>(1)?.unwrap_or_default(),
-                r.get::<i64>(2)?.unwrap_or(0).max(0),
-                r.get::<String>(3)?,
-                r.get::<bool>(4)?.unwrap_or(false),
-                r.get::<i64>(5)?,
-            ))
-        })
-        .or_raise_spi();
-        let (status, max_lag_ms, query, in_recovery, lag_ms) = row;
-        if status != "running" && status != "enqueued" {
-            return Health::NotRunning;
-        }
-        let mut signals = throttle::Signals {
-            in_recovery,
-            replica_lag: lag_ms.map(|ms| Duration::from_millis(ms.max(0) as u64)),
-            throttle_query: false,
-        };
-        if !in_recovery {
-            if let Some(q) = query.filter(|q| !q.trim().is_empty()) {
-                signals.throttle_query = self
-                    .as_owner(|| {
-                        Spi::connect(|c| {
-                            c.select(q.as_str(), Some(1), &[])?
-                                .first()
-                                .get_one::<bool>()
-                        })
-                    })
-                    .or_raise_spi()
-                    .unwrap_or(false);
-            }
-        }
-        match throttle::decide(&signals, Duration::from_millis(max_lag_ms as u64)) {
-            Some(h) => Health::Hold(h),
-            None => Health::Fine,
-        }
-    }
-
     /// The next batch's upper bound (inclusive) and how many keys it holds; None when done.
-    fn boundary(&self, batch_size: i32) -> Option<(Vec<String>, i64)> {
+    /// Runs as the owner: RLS and privileges decide which keys the walk sees.
+    fn boundary(&mut self, batch_size: i32) -> Option<(Vec<String>, i64)> {
         let k = self.compiled.keys.len();
         let mut args = Vec::with_capacity(k + 1);
         let sql = match &self.cursor {
-            None => &self.compiled.sql.boundary_first,
+            None => self.compiled.sql.boundary_first.clone(),
             Some(cursor) => {
                 args.extend(self.key_args(cursor));
-                &self.compiled.sql.boundary_next
+                self.compiled.sql.boundary_next.clone()
             }
         };
         args.push(DatumWithOid::from(batch_size as i64));
-        // As the owner: RLS and privileges decide which keys the walk sees.
-        self.as_owner(|| {
-            Spi::connect(|c| {
-                let t = c.select(sql.as_str(), None, &args)?;
-                if let Some(r) = t.into_iter().next() {
-                    let mut high = Vec::with_capacity(k);
-                    for i in 1..=k {
-                        high.push(r.get::<String>(i)?.unwrap_or_default());
-                    }
-                    let n = r.get::<i64>(k + 1)?.unwrap_or(0);
-                    return Ok(Some((high, n)));
+        self.as_owner(|stmts| {
+            stmts.run(&sql, &args, |t| {
+                let Some(r) = t.into_iter().next() else {
+                    return Ok(None);
+                };
+                let mut high = Vec::with_capacity(k);
+                for i in 1..=k {
+                    high.push(r.get::<String>(i)?.unwrap_or_default());
                 }
-                Ok::<_, pgrx::spi::SpiError>(None)
+                Ok(Some((high, r.get::<i64>(k + 1)?.unwrap_or(0))))
             })
         })
         .or_raise_spi()
-    }
-
-    /// Run user-facing SQL as the backfill's owner, in a security-restricted operation with
-    /// the owner's search_path. Fails with 42501 if the owner role was dropped.
-    fn as_owner<R>(&self, f: impl FnOnce() -> R) -> R {
-        let exists = Spi::get_one_with_args::<bool>(
-            "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE oid = $1)",
-            &[self.owner.into()],
-        )
-        .or_raise_spi()
-        .unwrap_or(false);
-        if !exists {
-            DripError::OwnerGone(self.backfill_name()).raise();
-        }
-        identity::run_as(self.owner, Restriction::Restricted, &self.search_path, f)
-    }
-
-    fn backfill_name(&self) -> String {
-        catalog::read_run(self.run_id)
-            .ok()
-            .flatten()
-            .map(|r| r.backfill)
-            .unwrap_or_default()
     }
 
     fn key_args<'a>(&self, values: &[String]) -> Vec<DatumWithOid<'a>> {
@@ -419,14 +472,28 @@ impl Runner {
             .collect()
     }
 
+    /// Run user-facing SQL as the backfill's owner, in a security-restricted operation with
+    /// the owner's search_path (the owner's existence is checked by mark_next).
+    fn as_owner<R>(&mut self, f: impl FnOnce(&mut StatementCache) -> R) -> R {
+        let stmts = &mut self.stmts;
+        identity::run_as(
+            self.owner,
+            Restriction::Restricted,
+            &self.search_path,
+            || f(stmts),
+        )
+    }
+
     /// Transaction 2 of a batch: the work, the batch row and the cursor, committed together.
     fn work(&mut self, b: &Batch, settings: &Settings) {
+        const SET_LOCK_TIMEOUT: &str = "SELECT pg_catalog.set_config('lock_timeout', $1, true)";
         // A batch must lose a lock fight with live traffic, not win it.
-        Spi::run_with_args(
-            "SELECT pg_catalog.set_config('lock_timeout', $1, true)",
-            &[format!("{}ms", settings.lock_timeout_ms).into()],
-        )
-        .or_raise_spi();
+        self.stmts
+            .exec(
+                SET_LOCK_TIMEOUT,
+                &[format!("{}ms", settings.lock_timeout_ms).into()],
+            )
+            .or_raise_spi();
         let mut args: Vec<DatumWithOid> = Vec::new();
         for ((decl, ty), text) in self.compiled.params.iter().zip(&self.param_texts) {
             args.push(types::input_datum(ty.oid, text.as_deref(), &decl.name).or_raise());
@@ -442,20 +509,16 @@ impl Runner {
         }
         args.extend(self.key_args(&b.high));
         let sql = if b.low.is_some() {
-            &self.compiled.sql.work_next
+            self.compiled.sql.work_next.clone()
         } else {
-            &self.compiled.sql.work_first
+            self.compiled.sql.work_first.clone()
         };
         let rows = {
             // Only the user's statement is limited; our bookkeeping below is not.
             let _limit = timeout::StatementTimeout::arm(settings.statement_timeout);
             let started = Instant::now();
             let rows = self
-                .as_owner(|| {
-                    Spi::connect_mut(|c| {
-                        c.update(sql.as_str(), None, &args).map(|t| t.len() as i64)
-                    })
-                })
+                .as_owner(|stmts| stmts.exec(&sql, &args))
                 .or_raise_spi();
             if let Some(a) = self.adaptive.as_mut() {
                 a.observe(b.keys, started.elapsed());
@@ -464,20 +527,35 @@ impl Runner {
         };
         // Our own bookkeeping waits for locks as long as it must (pause/stop hold the run row
         // only briefly).
-        Spi::run("SELECT pg_catalog.set_config('lock_timeout', '0', true)").or_raise_spi();
+        self.stmts
+            .exec(SET_LOCK_TIMEOUT, &["0".into()])
+            .or_raise_spi();
 
-        Spi::run_with_args(
-            "UPDATE drip.batches SET status = 'completed', rows = $3, finished_at = clock_timestamp() \
-             WHERE run_id = $1 AND batch_no = $2",
-            &[self.run_id.into(), b.no.into(), rows.into()],
-        )
-        .or_raise_spi();
+        // The batch row, the cursor and the counters, with the event: one statement, in the
+        // batch's transaction.
         let next_size = self
             .adaptive
             .as_ref()
             .map(|a| a.next_size(settings.batch_size as i64) as i32);
-        let run = advance(self.run_id, &b.high, rows, next_size);
-        catalog::notify_batch(&run, BatchStatus::Completed, b.no, rows, None).or_raise();
+        let payload = self.batch_payload(BatchStatus::Completed, b.no, rows);
+        self.stmts
+            .exec(
+                "WITH b AS (UPDATE drip.batches SET status = 'completed', rows = $3, \
+                              finished_at = clock_timestamp() WHERE run_id = $1 AND batch_no = $2), \
+                      r AS (UPDATE drip.runs SET cursor = $4, rows_done = rows_done + $3, \
+                              batches_done = batches_done + 1, batch_size = coalesce($5, batch_size) \
+                            WHERE id = $1) \
+                 SELECT pg_catalog.pg_notify('drip_events', $6)",
+                &[
+                    self.run_id.into(),
+                    b.no.into(),
+                    rows.into(),
+                    b.high.clone().into(),
+                    next_size.into(),
+                    payload.into(),
+                ],
+            )
+            .or_raise_spi();
     }
 
     /// Record a failed attempt. Returns true when the run failed for good.
@@ -535,12 +613,15 @@ impl Runner {
     }
 }
 
-/// What the health check found.
-enum Health {
-    Fine,
-    Hold(throttle::Hold),
-    /// The run was paused or stopped meanwhile.
-    NotRunning,
+/// What mark_next reads under the run row's lock.
+struct RunState {
+    run: RunRow,
+    settings: Settings,
+    max_replica_lag: Duration,
+    throttle_query: Option<String>,
+    in_recovery: bool,
+    replica_lag: Option<Duration>,
+    owner_exists: bool,
 }
 
 /// Record and announce that a run holds.
@@ -577,56 +658,6 @@ fn backoff(attempt: i32) -> Duration {
     Duration::from_millis(base - jitter + nanos % (2 * jitter + 1))
 }
 
-/// Lock the run row; Some only while it is `running`. A run paused and resumed while this
-/// runner was still alive (sleeping or finishing a batch) is `enqueued`: take it back.
-fn lock_running(run_id: i64) -> Option<(RunRow, Settings)> {
-    let mut run = catalog::lock_run(run_id).or_raise();
-    match run.status {
-        RunStatus::Running => {}
-        RunStatus::Enqueued => {
-            Spi::run_with_args(
-                "UPDATE drip.runs SET worker_pid = pg_backend_pid() WHERE id = $1",
-                &[run_id.into()],
-            )
-            .or_raise_spi();
-            run = catalog::set_run_status(&run, RunStatus::Running, None).or_raise();
-        }
-        _ => return None,
-    }
-    let settings = Spi::connect(|c| {
-        let t = c.select(
-            "SELECT batch_size, (extract(epoch FROM sleep) * 1000)::bigint, \
-                    (extract(epoch FROM lock_timeout) * 1000)::bigint, \
-                    (extract(epoch FROM statement_timeout) * 1000)::bigint, \
-                    (extract(epoch FROM target_batch_time) * 1000)::bigint, \
-                    min_batch_size, max_batch_size \
-             FROM drip.runs WHERE id = $1",
-            None,
-            &[run_id.into()],
-        )?;
-        let r = t.first();
-        let ms = |i: usize| -> Result<Duration, pgrx::spi::SpiError> {
-            Ok(Duration::from_millis(
-                r.get::<i64>(i)?.unwrap_or(0).max(0) as u64
-            ))
-        };
-        Ok::<_, pgrx::spi::SpiError>(Settings {
-            batch_size: r.get::<i32>(1)?.unwrap_or(1000),
-            sleep: ms(2)?,
-            lock_timeout_ms: r.get::<i64>(3)?.unwrap_or(0).max(0),
-            statement_timeout: ms(4)?,
-            target_batch_time: r
-                .get::<i64>(5)?
-                .filter(|ms| *ms > 0)
-                .map(|ms| Duration::from_millis(ms as u64)),
-            min_batch_size: r.get::<i32>(6)?.unwrap_or(1),
-            max_batch_size: r.get::<i32>(7)?.unwrap_or(i32::MAX),
-        })
-    })
-    .or_raise_spi();
-    Some((run, settings))
-}
-
 /// This runner no longer executes the run.
 fn release_run(run_id: i64) {
     Spi::run_with_args(
@@ -634,30 +665,6 @@ fn release_run(run_id: i64) {
         &[run_id.into()],
     )
     .or_raise_spi();
-}
-
-/// Advance the cursor and counters after a batch.
-fn advance(run_id: i64, high: &[String], rows: i64, next_size: Option<i32>) -> RunRow {
-    Spi::connect_mut(|c| {
-        let t = c.update(
-            &format!(
-                "UPDATE drip.runs SET cursor = $2, rows_done = rows_done + $3, \
-                 batches_done = batches_done + 1, batch_size = coalesce($4, batch_size) \
-                 WHERE id = $1 RETURNING {RUN_COLUMNS}"
-            ),
-            None,
-            &[
-                run_id.into(),
-                high.to_vec().into(),
-                rows.into(),
-                next_size.into(),
-            ],
-        )?;
-        catalog::runs_from(t)?
-            .pop()
-            .ok_or(DripError::UnknownRun(run_id))
-    })
-    .or_raise()
 }
 
 /// Mark a run failed (outside the batch loop: it could not even start or go on).
@@ -735,6 +742,12 @@ fn claim(run_id: i64) -> Option<Runner> {
 
     // A batch left running by a worker that died: record it as interrupted and do it again.
     let retry = interrupted_batch(&run);
+    let next_no = Spi::get_one_with_args::<i64>(
+        "SELECT coalesce(max(batch_no), 0) + 1 FROM drip.batches WHERE run_id = $1",
+        &[run.id.into()],
+    )
+    .or_raise_spi()
+    .unwrap_or(1);
     Some(Runner {
         run_id,
         compiled,
@@ -745,6 +758,11 @@ fn claim(run_id: i64) -> Option<Runner> {
         owner: def.owner(),
         search_path: def.search_path.clone(),
         adaptive: None,
+        backfill: run.backfill.clone(),
+        next_no,
+        throttled: None,
+        hold_times: 0,
+        stmts: StatementCache::default(),
     })
 }
 
