@@ -270,6 +270,10 @@ fn unregister_impl(name: &str) -> DripResult<()> {
                 status,
             });
         }
+        Spi::run_with_args(
+            "DELETE FROM drip.batches WHERE run_id IN (SELECT id FROM drip.runs WHERE backfill = $1)",
+            &[name.into()],
+        )?;
         Spi::run_with_args("DELETE FROM drip.backfills WHERE name = $1", &[name.into()])?;
         Ok(())
     })

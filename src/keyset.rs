@@ -18,10 +18,16 @@ use crate::action::ActionKind;
 /// takes the low bound as `$1..$K` and the batch size as `$K+1`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BatchSql {
-    /// First batch: no lower bound. Params: `$1` = batch size.
+    /// First batch: no lower bound. Params: `$1` = batch size. Returns the last key and the
+    /// number of keys; used for the last (short) batch.
     pub boundary_first: String,
     /// Later batches. Params: low bound `$1..$K`, batch size `$K+1`.
     pub boundary_next: String,
+    /// The fast path for a full batch: the `batch size`-th key after the low bound, read by
+    /// skipping along the index (no sort). No row means fewer keys are left: then the
+    /// `boundary_*` query finds the last one. Same parameters as the matching `boundary_*`.
+    pub full_first: String,
+    pub full_next: String,
     /// First batch's work (the low-bound parameters are declared but unused).
     pub work_first: String,
     pub work_next: String,
@@ -80,6 +86,24 @@ pub fn build(spec: &Spec) -> BatchSql {
     };
     let boundary_first = boundary(None, "$1".into());
     let boundary_next = boundary(Some(row(&params(1, k))), format!("${}", k + 1));
+    // Qualified ORDER BY again: the ::text output columns carry the key's names.
+    let order_rows = spec
+        .keys
+        .iter()
+        .map(|c| format!("drip_rows.{c}"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let full = |lower: Option<String>, n: String| {
+        let filter = lower
+            .map(|l| format!(" WHERE {keys} > {l}"))
+            .unwrap_or_default();
+        format!(
+            "SELECT {as_text} FROM {rel} AS drip_rows{filter} ORDER BY {order_rows} OFFSET {n} - 1 LIMIT 1",
+            rel = spec.relation
+        )
+    };
+    let full_first = full(None, "$1".into());
+    let full_next = full(Some(row(&params(1, k))), format!("${}", k + 1));
 
     let low = row(&params(spec.n_params + 1, k));
     let high = row(&params(spec.n_params + k + 1, k));
@@ -116,6 +140,8 @@ pub fn build(spec: &Spec) -> BatchSql {
     BatchSql {
         boundary_first,
         boundary_next,
+        full_first,
+        full_next,
         work_first: work(true),
         work_next: work(false),
     }
@@ -140,6 +166,10 @@ mod tests {
             sql.boundary_next,
             "SELECT id::text, count(*) OVER () FROM (SELECT id FROM public.users WHERE id > $1 \
              ORDER BY id LIMIT $2) AS drip_keys ORDER BY drip_keys.id DESC LIMIT 1"
+        );
+        assert_eq!(
+            sql.full_next,
+            "SELECT id::text FROM public.users AS drip_rows WHERE id > $1 ORDER BY drip_rows.id OFFSET $2 - 1 LIMIT 1"
         );
         assert_eq!(
             sql.work_next,

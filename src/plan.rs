@@ -96,7 +96,7 @@ fn plan_impl(name: &str, values: Option<JsonB>) -> DripResult<PlanRow> {
     };
     let mut boundary_args = key_args(first.as_ref())?;
     boundary_args.push(DatumWithOid::from(batch_size));
-    let boundary_plan = explain(&compiled.sql.boundary_next, &boundary_args)?;
+    let boundary_plan = explain(&compiled.sql.full_next, &boundary_args)?;
     let mut batch_args = param_args(&compiled)?;
     batch_args.extend(key_args(first.as_ref())?);
     batch_args.extend(key_args(high.as_ref().or(first.as_ref()))?);
@@ -111,7 +111,7 @@ fn plan_impl(name: &str, values: Option<JsonB>) -> DripResult<PlanRow> {
     Ok((
         rows_in_scope,
         batches,
-        compiled.sql.boundary_next.clone(),
+        compiled.sql.full_next.clone(),
         compiled.sql.work_next.clone(),
         boundary_plan,
         batch_plan,

@@ -440,24 +440,38 @@ impl Runner {
     fn boundary(&mut self, batch_size: i32) -> Option<(Vec<String>, i64)> {
         let k = self.compiled.keys.len();
         let mut args = Vec::with_capacity(k + 1);
-        let sql = match &self.cursor {
-            None => self.compiled.sql.boundary_first.clone(),
+        let (full, last) = match &self.cursor {
+            None => (
+                self.compiled.sql.full_first.clone(),
+                self.compiled.sql.boundary_first.clone(),
+            ),
             Some(cursor) => {
                 args.extend(self.key_args(cursor));
-                self.compiled.sql.boundary_next.clone()
+                (
+                    self.compiled.sql.full_next.clone(),
+                    self.compiled.sql.boundary_next.clone(),
+                )
             }
         };
         args.push(DatumWithOid::from(batch_size as i64));
+        let read_key = move |r: &pgrx::spi::SpiHeapTupleData| -> pgrx::spi::SpiResult<Vec<String>> {
+            (1..=k)
+                .map(|i| r.get::<String>(i).map(|v| v.unwrap_or_default()))
+                .collect()
+        };
         self.as_owner(|stmts| {
-            stmts.run(&sql, &args, |t| {
-                let Some(r) = t.into_iter().next() else {
-                    return Ok(None);
-                };
-                let mut high = Vec::with_capacity(k);
-                for i in 1..=k {
-                    high.push(r.get::<String>(i)?.unwrap_or_default());
-                }
-                Ok(Some((high, r.get::<i64>(k + 1)?.unwrap_or(0))))
+            // A full batch: skip along the index to its last key.
+            let high = stmts.run(&full, &args, |t| match t.into_iter().next() {
+                Some(r) => read_key(&r).map(Some),
+                None => Ok(None),
+            })?;
+            if let Some(high) = high {
+                return Ok(Some((high, batch_size as i64)));
+            }
+            // Fewer keys left: the last one, and how many.
+            stmts.run(&last, &args, |t| match t.into_iter().next() {
+                Some(r) => Ok(Some((read_key(&r)?, r.get::<i64>(k + 1)?.unwrap_or(0)))),
+                None => Ok(None),
             })
         })
         .or_raise_spi()

@@ -57,9 +57,15 @@ impl Cluster {
     }
 
     pub fn create(name: &str) -> Cluster {
-        let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-            .join("target")
-            .join(name);
+        Cluster::create_in(
+            &PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target"),
+            name,
+        )
+    }
+
+    /// A new cluster in `parent/name`.
+    pub fn create_in(parent: &std::path::Path, name: &str) -> Cluster {
+        let root = parent.join(name);
         let owner = is_root().then_some("postgres");
         let c = Cluster {
             dir: root,
@@ -114,6 +120,20 @@ impl Cluster {
         text.push_str(&conf);
         std::fs::write(&conf_path, text).unwrap();
         c
+    }
+
+    /// Append settings to postgresql.auto.conf (read at the next start).
+    pub fn set_conf(&self, lines: &str) {
+        let path = self.data().join("postgresql.auto.conf");
+        let mut text = std::fs::read_to_string(&path).unwrap_or_default();
+        text.push_str(lines);
+        text.push('\n');
+        std::fs::write(&path, text).unwrap();
+        if let Some(user) = self.owner {
+            let _ = Command::new("chown")
+                .args([&format!("{user}:"), path.to_str().unwrap()])
+                .status();
+        }
     }
 
     /// The superuser name to connect as.

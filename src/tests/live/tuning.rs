@@ -205,7 +205,10 @@ fn plan_shows_the_statements_and_their_plans_and_changes_nothing() {
     let warning: Option<String> = row.get(6);
     assert!((1500..=2500).contains(&rows), "{rows}");
     assert_eq!(batches, 20);
-    assert!(bsql.contains("ORDER BY id LIMIT $2"), "{bsql}");
+    assert!(
+        bsql.contains("ORDER BY drip_rows.id OFFSET $2 - 1 LIMIT 1"),
+        "{bsql}"
+    );
     assert!(
         wsql.starts_with("UPDATE public.pl_t SET n = n + 1"),
         "{wsql}"
