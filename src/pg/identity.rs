@@ -82,6 +82,16 @@ pub fn run_as<R>(
     search_path: &str,
     f: impl FnOnce() -> R,
 ) -> R {
+    run_as_with(role, restriction, &[(c"search_path", search_path)], f)
+}
+
+/// `run_as` with more settings for the switched section (the first should be search_path).
+pub fn run_as_with<R>(
+    role: pg_sys::Oid,
+    restriction: Restriction,
+    settings: &[(&std::ffi::CStr, &str)],
+    f: impl FnOnce() -> R,
+) -> R {
     let mut user = pg_sys::Oid::INVALID;
     let mut context: i32 = 0;
     // SAFETY: writes the two out-parameters we own.
@@ -95,7 +105,9 @@ pub fn run_as<R>(
         nest,
         done: false,
     };
-    set_saved(c"search_path", search_path);
+    for (name, value) in settings {
+        set_saved(name, value);
+    }
     let flags = match restriction {
         Restriction::Local => pg_sys::SECURITY_LOCAL_USERID_CHANGE as i32,
         Restriction::Restricted => {

@@ -459,7 +459,7 @@ impl Runner {
                 .map(|i| r.get::<String>(i).map(|v| v.unwrap_or_default()))
                 .collect()
         };
-        self.as_owner(|stmts| {
+        self.as_owner_with("force_generic_plan", |stmts| {
             // A full batch: skip along the index to its last key.
             let high = stmts.run(&full, &args, |t| match t.into_iter().next() {
                 Some(r) => read_key(&r).map(Some),
@@ -489,11 +489,25 @@ impl Runner {
     /// Run user-facing SQL as the backfill's owner, in a security-restricted operation with
     /// the owner's search_path (the owner's existence is checked by mark_next).
     fn as_owner<R>(&mut self, f: impl FnOnce(&mut StatementCache) -> R) -> R {
+        self.as_owner_with("auto", f)
+    }
+
+    /// `as_owner` with a plan_cache_mode: our own key-walk queries have the same best plan for
+    /// any bounds, so they skip re-planning (force_generic_plan); the user's batch statement
+    /// keeps Postgres's choice (auto).
+    fn as_owner_with<R>(
+        &mut self,
+        plan_cache_mode: &str,
+        f: impl FnOnce(&mut StatementCache) -> R,
+    ) -> R {
         let stmts = &mut self.stmts;
-        identity::run_as(
+        identity::run_as_with(
             self.owner,
             Restriction::Restricted,
-            &self.search_path,
+            &[
+                (c"search_path", self.search_path.as_str()),
+                (c"plan_cache_mode", plan_cache_mode),
+            ],
             || f(stmts),
         )
     }
@@ -658,6 +672,9 @@ pub fn pin_search_path() {
         &[identity::SAFE_SEARCH_PATH.into()],
     )
     .or_raise_spi();
+    // Our own per-batch statements are primary-key lookups: one generic plan serves all.
+    Spi::run("SELECT pg_catalog.set_config('plan_cache_mode', 'force_generic_plan', false)")
+        .or_raise_spi();
 }
 
 /// Exponential backoff with jitter: base * 2^(attempt-1), capped, +-25%.
