@@ -55,6 +55,9 @@ CREATE TABLE drip.runs (
     max_replica_lag interval NOT NULL,
     throttle_query text,
     throttled      text,
+    to_key         text[],
+    follow_inserts boolean NOT NULL DEFAULT false,
+    after_run      bigint,
     cursor         text[],
     rows_done      bigint NOT NULL DEFAULT 0,
     batches_done   bigint NOT NULL DEFAULT 0,
@@ -80,6 +83,8 @@ COMMENT ON TABLE drip.runs IS 'One row per drip.start: status, cursor, counters 
 COMMENT ON COLUMN drip.runs.cursor IS 'Key of the last row of the last completed batch (text per key column); NULL before the first batch.';
 COMMENT ON COLUMN drip.runs.definition IS 'Copy of the backfill definition taken at start; later changes to the backfill do not affect this run.';
 COMMENT ON COLUMN drip.runs.rows_estimated IS 'Planner estimate of the rows in scope, taken when the run first starts.';
+COMMENT ON COLUMN drip.runs.to_key IS 'Inclusive upper end of the key range; frozen at start to the largest key unless follow_inserts.';
+COMMENT ON COLUMN drip.runs.after_run IS 'The run starts only once this run has completed, and fails if it fails.';
 COMMENT ON COLUMN drip.runs.throttled IS 'While the run holds on a health signal: why. NULL otherwise.';
 COMMENT ON COLUMN drip.runs.batch_size IS 'Keys in the next batch; adaptive sizing updates it after every batch.';
 COMMENT ON COLUMN drip.runs.worker_pid IS 'Process id of the background worker executing the run, while it runs.';
@@ -103,6 +108,27 @@ CREATE TABLE drip.batches (
 
 COMMENT ON TABLE drip.batches IS 'Every batch of every run: key range (low_key exclusive, high_key inclusive), rows, status and errors.';
 
+CREATE TABLE drip.events (
+    id       bigserial PRIMARY KEY,
+    at       timestamptz NOT NULL DEFAULT clock_timestamp(),
+    event    text NOT NULL,
+    run_id   bigint,
+    payload  jsonb NOT NULL
+);
+CREATE INDEX events_at ON drip.events (at);
+CREATE INDEX events_run ON drip.events (run_id, id);
+COMMENT ON TABLE drip.events IS 'Every event sent on drip_events, written in the same transaction, for consumers that were not listening (kept drip.event_retention).';
+
+-- Send an event: NOTIFY drip_events and a row in drip.events, in the caller's transaction.
+-- Only the extension calls it (EXECUTE is revoked from PUBLIC below).
+CREATE FUNCTION drip.emit(payload text) RETURNS void
+LANGUAGE sql VOLATILE AS $$
+    INSERT INTO drip.events (event, run_id, payload)
+    VALUES ((payload::jsonb) ->> 'event', ((payload::jsonb) ->> 'run_id')::bigint, payload::jsonb);
+    SELECT pg_catalog.pg_notify('drip_events', payload);
+$$;
+REVOKE ALL ON FUNCTION drip.emit(text) FROM PUBLIC;
+
 -- Who may see what: a backfill, its runs and their batches are visible to its owner, to members
 -- of the owner role and to superusers, and to nobody else. Nobody but the catalog owner may write
 -- these tables: the drip.* functions write them on the caller's behalf after checking.
@@ -123,9 +149,14 @@ CREATE POLICY runs_visible ON drip.runs FOR SELECT USING (drip.may_control(owner
 ALTER TABLE drip.batches ENABLE ROW LEVEL SECURITY;
 CREATE POLICY batches_visible ON drip.batches FOR SELECT
     USING (EXISTS (SELECT 1 FROM drip.runs r WHERE r.id = run_id));
-GRANT SELECT ON drip.backfills, drip.runs, drip.batches TO PUBLIC;
+ALTER TABLE drip.events ENABLE ROW LEVEL SECURITY;
+CREATE POLICY events_visible ON drip.events FOR SELECT
+    USING (EXISTS (SELECT 1 FROM drip.runs r WHERE r.id = run_id));
+GRANT SELECT ON drip.backfills, drip.runs, drip.batches, drip.events TO PUBLIC;
 
 SELECT pg_catalog.pg_extension_config_dump('drip.backfills', '');
 SELECT pg_catalog.pg_extension_config_dump('drip.runs', '');
 SELECT pg_catalog.pg_extension_config_dump('drip.batches', '');
 SELECT pg_catalog.pg_extension_config_dump('drip.runs_id_seq', '');
+SELECT pg_catalog.pg_extension_config_dump('drip.events', '');
+SELECT pg_catalog.pg_extension_config_dump('drip.events_id_seq', '');

@@ -154,6 +154,7 @@ fn register_impl(def: &NewBackfill, options: &BatchOptions, replace: bool) -> Dr
         scope: def.scope,
         params: &def.params,
         key: def.key.as_deref(),
+        capped: false,
     })?;
     // Parsed, analyzed and planned as the caller: Postgres checks the caller's privileges for
     // every object the scope and action touch (UPDATE for SET, DELETE for DELETE, ...).
@@ -297,7 +298,17 @@ fn start(
     max_batch_size: default!(Option<i32>, "NULL"),
     max_replica_lag: default!(Option<Interval>, "NULL"),
     throttle_query: default!(Option<&str>, "NULL"),
+    from_key: default!(Option<&str>, "NULL"),
+    to_key: default!(Option<&str>, "NULL"),
+    follow_inserts: default!(bool, false),
+    after: default!(Option<i64>, "NULL"),
 ) -> i64 {
+    let range = RunRange {
+        from_key,
+        to_key,
+        follow_inserts,
+        after,
+    };
     let overrides = RunOverrides {
         batch_size,
         sleep,
@@ -309,9 +320,89 @@ fn start(
         max_replica_lag,
         throttle_query: throttle_query.filter(|q| !q.trim().is_empty()),
     };
-    let id = start_impl(name, params, &overrides, start_at, note).or_raise();
+    let id = start_impl(name, params, &overrides, &range, start_at, note).or_raise();
     launch::recover_on_commit().or_raise();
     id
+}
+
+/// Which part of the key range a run walks, and what it waits for.
+struct RunRange<'a> {
+    /// Exclusive lower end (text, or a JSON array for a composite key).
+    from_key: Option<&'a str>,
+    /// Inclusive upper end; by default the largest key at start (frozen).
+    to_key: Option<&'a str>,
+    /// No frozen upper end: keep going until caught up with inserts.
+    follow_inserts: bool,
+    /// Start only once this run has completed.
+    after: Option<i64>,
+}
+
+/// Key values given as text: a JSON array for a composite key, or one value.
+fn key_values(
+    compiled: &compile::Compiled,
+    what: &'static str,
+    text: &str,
+) -> DripResult<Vec<String>> {
+    let k = compiled.keys.len();
+    let values: Vec<String> = match serde_json::from_str::<Value>(text.trim()) {
+        Ok(Value::Array(items)) => items
+            .iter()
+            .map(|v| match v {
+                Value::String(s) => s.clone(),
+                other => other.to_string(),
+            })
+            .collect(),
+        _ => vec![text.to_string()],
+    };
+    if values.len() != k {
+        return Err(DripError::BadOption(format!(
+            "{what} must give {k} key value(s) ({}), got {}",
+            compiled
+                .keys
+                .iter()
+                .map(|c| c.name.as_str())
+                .collect::<Vec<_>>()
+                .join(", "),
+            values.len()
+        )));
+    }
+    // Each value must be valid for its column's type.
+    for (col, v) in compiled.keys.iter().zip(&values) {
+        types::input_datum(col.type_oid, Some(v), &format!("{what}.{}", col.name))?;
+    }
+    Ok(values)
+}
+
+/// The largest key now (text per column), read as the caller; None for an empty table.
+fn largest_key(compiled: &compile::Compiled) -> DripResult<Option<Vec<String>>> {
+    let cols: Vec<String> = compiled
+        .keys
+        .iter()
+        .map(|k| pgrx::spi::quote_identifier(&k.name))
+        .collect();
+    let sql = format!(
+        "SELECT {} FROM {} AS drip_rows ORDER BY {} LIMIT 1",
+        cols.iter()
+            .map(|c| format!("drip_rows.{c}::text"))
+            .collect::<Vec<_>>()
+            .join(", "),
+        compiled.relation,
+        cols.iter()
+            .map(|c| format!("drip_rows.{c} DESC"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    let k = cols.len();
+    Ok(Spi::connect(|c| {
+        let t = c.select(sql.as_str(), None, &[])?;
+        match t.into_iter().next() {
+            Some(r) => (1..=k)
+                .map(|i| r.get::<String>(i).map(|v| v.unwrap_or_default()))
+                .collect::<Result<Vec<_>, _>>()
+                .map(Some),
+            None => Ok(None),
+        }
+    })?)
 }
 
 /// Batch settings given to `start`; NULL keeps the backfill's.
@@ -357,6 +448,7 @@ fn start_impl(
     name: &str,
     values: Option<JsonB>,
     overrides: &RunOverrides,
+    range: &RunRange,
     start_at: Option<TimestampWithTimeZone>,
     note: Option<&str>,
 ) -> DripResult<i64> {
@@ -395,6 +487,21 @@ fn start_impl(
     }
     let estimate = estimate_rows(&compiled, &args);
     let started_by = security::role_name(caller)?;
+    let from_key = range
+        .from_key
+        .map(|t| key_values(&compiled, "from_key", t))
+        .transpose()?;
+    let to_key = match range.to_key {
+        Some(t) => Some(key_values(&compiled, "to_key", t)?),
+        None if range.follow_inserts => None,
+        None => largest_key(&compiled)?,
+    };
+    if let Some(after) = range.after {
+        security::as_catalog(|| {
+            let awaited = catalog::lock_run(after)?;
+            security::check_control(caller, catalog::run_owner(after)?, &awaited.backfill)
+        })?;
+    }
 
     let row = security::as_catalog(|| {
         let row = Spi::connect_mut(|c| {
@@ -402,13 +509,14 @@ fn start_impl(
             &format!(
                 "INSERT INTO drip.runs (backfill, status, params, batch_size, sleep, definition, note, \
                  start_at, rows_estimated, lock_timeout, statement_timeout, owner, started_by, \
-                 target_batch_time, min_batch_size, max_batch_size, max_replica_lag, throttle_query) \
-             SELECT b.name, CASE WHEN $5 > now() THEN 'pending' ELSE 'enqueued' END, $2, \
+                 target_batch_time, min_batch_size, max_batch_size, max_replica_lag, throttle_query, \
+                 cursor, to_key, follow_inserts, after_run) \
+             SELECT b.name, CASE WHEN $5 > now() OR $20::bigint IS NOT NULL THEN 'pending' ELSE 'enqueued' END, $2, \
                     coalesce($3, b.batch_size), coalesce($4, b.sleep), $6, $7, $5, $8, \
                     coalesce($9, b.lock_timeout), coalesce($10, b.statement_timeout), b.owner, $11, \
                     coalesce($12, b.target_batch_time), coalesce($13, b.min_batch_size), \
                     coalesce($14, b.max_batch_size), coalesce($15, b.max_replica_lag), \
-                    coalesce($16, b.throttle_query) \
+                    coalesce($16, b.throttle_query), $17, $18, $19, $20 \
              FROM drip.backfills b WHERE b.name = $1 \
              RETURNING {}",
                 catalog::RUN_COLUMNS
@@ -431,6 +539,10 @@ fn start_impl(
                 overrides.max_batch_size.into(),
                 overrides.max_replica_lag.into(),
                 throttle_query.as_deref().into(),
+                from_key.clone().into(),
+                to_key.clone().into(),
+                range.follow_inserts.into(),
+                range.after.into(),
             ],
         )?;
         Ok::<_, DripError>(catalog::runs_from(t)?.pop())
@@ -634,4 +746,10 @@ COMMENT ON FUNCTION drip.register(text, regclass, text, text, jsonb, text[], int
 "#,
     name = "register_wrapper",
     requires = ["bootstrap", register_internal]
+);
+
+extension_sql_file!(
+    "../sql/helpers.sql",
+    name = "helpers",
+    requires = ["register_wrapper", start]
 );

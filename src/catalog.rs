@@ -99,6 +99,9 @@ pub fn set_run_status(run: &RunRow, to: RunStatus, error: Option<&str>) -> DripR
     })?
     .ok_or(DripError::UnknownRun(run.id))?;
     notify_run(&row, error)?;
+    if to.is_finished() {
+        crate::wait::wake_waiters_on_commit(row.id)?;
+    }
     Ok(row)
 }
 
@@ -182,6 +185,23 @@ pub fn active_run(backfill: &str) -> DripResult<Option<(i64, String)>> {
         }
         Ok(None)
     })
+}
+
+/// The stored definition of a backfill as JSON, without locking it.
+pub fn definition_for_share(name: &str) -> DripResult<Value> {
+    let v = Spi::get_one_with_args::<pgrx::JsonB>(
+        "SELECT to_jsonb(b) || jsonb_build_object('relation_oid', b.relation::oid::bigint, \
+                                                 'owner_oid', b.owner::oid::bigint) \
+         FROM drip.backfills b WHERE b.name = $1",
+        &[name.into()],
+    );
+    match v {
+        Ok(Some(j)) => Ok(j.0),
+        Ok(None) | Err(pgrx::spi::SpiError::InvalidPosition) => {
+            Err(DripError::UnknownBackfill(name.to_string()))
+        }
+        Err(e) => Err(e.into()),
+    }
 }
 
 /// The stored definition of a backfill as JSON (the copy a run keeps), locking the row so that

@@ -41,6 +41,8 @@ pub struct Source<'a> {
     pub scope: Option<&'a str>,
     pub params: &'a Value,
     pub key: Option<&'a [String]>,
+    /// The run walks a range with a fixed upper end (see `keyset::Spec::capped`).
+    pub capped: bool,
 }
 
 struct RelationInfo {
@@ -233,6 +235,7 @@ pub fn compile(src: &Source) -> DripResult<Compiled> {
         scope: scope.as_deref(),
         action: &action_sql,
         kind: &kind,
+        capped: src.capped,
     });
     Ok(Compiled {
         relation: rel.quoted,
@@ -351,12 +354,18 @@ impl Definition {
     }
 
     pub fn compile(&self) -> DripResult<Compiled> {
+        self.compile_capped(false)
+    }
+
+    /// Compile for a run whose range has a fixed upper end.
+    pub fn compile_capped(&self, capped: bool) -> DripResult<Compiled> {
         compile(&Source {
             relation_oid: pg_sys::Oid::from(self.relation_oid),
             action: &self.action,
             scope: self.scope.as_deref(),
             params: &self.params,
             key: Some(&self.key),
+            capped,
         })
     }
 }

@@ -78,6 +78,10 @@ pub enum DripError {
     PermissionDenied { backfill: String, owner: String },
     #[error("owner role of backfill \"{0}\" no longer exists")]
     OwnerGone(String),
+    #[error("timed out waiting for run {run_id} (it is {status})")]
+    WaitTimedOut { run_id: i64, status: String },
+    #[error("backfill \"{backfill}\" has not completed: {detail}")]
+    NotCompleted { backfill: String, detail: String },
     #[error("{0}")]
     Internal(String),
 }
@@ -113,6 +117,8 @@ impl DripError {
             DripError::PermissionDenied { .. } | DripError::OwnerGone(_) => {
                 ERRCODE_INSUFFICIENT_PRIVILEGE
             }
+            DripError::WaitTimedOut { .. } => ERRCODE_QUERY_CANCELED,
+            DripError::NotCompleted { .. } => ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
             DripError::Internal(_) => ERRCODE_INTERNAL_ERROR,
         }
     }
@@ -170,6 +176,12 @@ impl DripError {
             DripError::OwnerGone(_) => {
                 "Register the backfill again as an existing role.".into()
             }
+            DripError::WaitTimedOut { run_id, .. } => {
+                format!("Call SELECT drip.wait({run_id}) again, or see drip.progress.")
+            }
+            DripError::NotCompleted { backfill, .. } => format!(
+                "Start or finish it first, e.g. SELECT drip.wait(drip.start('{backfill}'))."
+            ),
             DripError::BadOption(_) => "batch_size must be at least 1 and sleep must not be negative.".into(),
             _ => return None,
         })

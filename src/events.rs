@@ -1,7 +1,8 @@
 //! Events: one `NOTIFY drip_events` per status change, with a JSON payload.
 //!
-//! Payloads are built here in plain Rust; `notify` sends them through SPI's `pg_notify`, inside
-//! the transaction that makes the change, so an event is never sent for work that rolled back.
+//! Payloads are built here in plain Rust; `notify` sends them with `drip.emit` (pg_notify on
+//! the `drip_events` channel plus a `drip.events` row) inside the transaction that makes the
+//! change, so an event is never sent, nor logged, for work that rolled back.
 
 use pgrx::prelude::*;
 use serde_json::{json, Map, Value};
@@ -92,15 +93,11 @@ pub fn truncate(s: &str, max: usize) -> String {
     format!("{}...", &s[..end])
 }
 
-/// Queue the notification in the current transaction.
+/// Queue the notification (and its drip.events row) in the current transaction.
 pub fn notify(payload: &str) -> DripResult<()> {
     Spi::connect_mut(|c| {
-        c.update(
-            "SELECT pg_notify($1, $2)",
-            None,
-            &[CHANNEL.into(), payload.into()],
-        )
-        .map(|_| ())
+        c.update("SELECT drip.emit($1)", None, &[payload.into()])
+            .map(|_| ())
     })?;
     Ok(())
 }

@@ -7,6 +7,12 @@ use pgrx::guc::{GucContext, GucFlags, GucRegistry, GucSetting};
 /// Most runs executing at once in one database; more wait as `enqueued`.
 pub static MAX_RUNS: GucSetting<i32> = GucSetting::<i32>::new(2);
 
+/// How long drip.events rows are kept (seconds; 0 = for ever).
+pub static EVENT_RETENTION: GucSetting<i32> = GucSetting::<i32>::new(30 * 24 * 3600);
+
+/// How long the batch rows of finished runs are kept (seconds; 0 = for ever).
+pub static BATCH_RETENTION: GucSetting<i32> = GucSetting::<i32>::new(30 * 24 * 3600);
+
 /// Database the launcher connects to in order to list databases (with shared_preload_libraries).
 pub static LAUNCHER_DATABASE: GucSetting<Option<CString>> =
     GucSetting::<Option<CString>>::new(Some(c"postgres"));
@@ -26,6 +32,26 @@ pub fn define(in_preload: bool) {
         1024,
         GucContext::Sighup,
         GucFlags::default(),
+    );
+    GucRegistry::define_int_guc(
+        c"drip.event_retention",
+        c"How long drip.events rows are kept (0 = for ever).",
+        c"The scheduler removes older rows in small deletes.",
+        &EVENT_RETENTION,
+        0,
+        i32::MAX,
+        GucContext::Sighup,
+        GucFlags::UNIT_S,
+    );
+    GucRegistry::define_int_guc(
+        c"drip.batch_retention",
+        c"How long the drip.batches rows of finished runs are kept (0 = for ever).",
+        c"The scheduler removes older rows in small deletes; runs themselves are kept.",
+        &BATCH_RETENTION,
+        0,
+        i32::MAX,
+        GucContext::Sighup,
+        GucFlags::UNIT_S,
     );
     if !in_preload {
         return;

@@ -42,6 +42,9 @@ pub struct Spec<'a> {
     pub scope: Option<&'a str>,
     pub action: &'a str,
     pub kind: &'a ActionKind,
+    /// The range has a fixed upper end (`to_key`, or the largest key frozen at start): the
+    /// boundary queries take it as extra parameters after the batch size.
+    pub capped: bool,
 }
 
 fn row(items: &[String]) -> String {
@@ -74,18 +77,38 @@ pub fn build(spec: &Spec) -> BatchSql {
         .collect::<Vec<_>>()
         .join(", ");
 
-    let boundary = |lower: Option<String>, limit: String| {
-        let filter = lower
-            .map(|l| format!(" WHERE {keys} > {l}"))
-            .unwrap_or_default();
+    // Conditions of the key walk: above the cursor, and not past the cap.
+    let walk = |lower: Option<String>, cap: Option<String>| {
+        let mut conds = Vec::new();
+        if let Some(l) = lower {
+            conds.push(format!("{keys} > {l}"));
+        }
+        if let Some(c) = cap {
+            conds.push(format!("{keys} <= {c}"));
+        }
+        if conds.is_empty() {
+            String::new()
+        } else {
+            format!(" WHERE {}", conds.join(" AND "))
+        }
+    };
+    // Cap parameters follow the batch size: $2.. for the first batch, $K+2.. later.
+    let cap_first = spec.capped.then(|| row(&params(2, k)));
+    let cap_next = spec.capped.then(|| row(&params(k + 2, k)));
+    let boundary = |lower: Option<String>, limit: String, cap: Option<String>| {
+        let filter = walk(lower, cap);
         format!(
             "SELECT {as_text}, count(*) OVER () FROM (SELECT {order_asc} FROM {rel}{filter} \
              ORDER BY {order_asc} LIMIT {limit}) AS drip_keys ORDER BY {order_desc} LIMIT 1",
             rel = spec.relation
         )
     };
-    let boundary_first = boundary(None, "$1".into());
-    let boundary_next = boundary(Some(row(&params(1, k))), format!("${}", k + 1));
+    let boundary_first = boundary(None, "$1".into(), cap_first.clone());
+    let boundary_next = boundary(
+        Some(row(&params(1, k))),
+        format!("${}", k + 1),
+        cap_next.clone(),
+    );
     // Qualified ORDER BY again: the ::text output columns carry the key's names.
     let order_rows = spec
         .keys
@@ -93,17 +116,15 @@ pub fn build(spec: &Spec) -> BatchSql {
         .map(|c| format!("drip_rows.{c}"))
         .collect::<Vec<_>>()
         .join(", ");
-    let full = |lower: Option<String>, n: String| {
-        let filter = lower
-            .map(|l| format!(" WHERE {keys} > {l}"))
-            .unwrap_or_default();
+    let full = |lower: Option<String>, n: String, cap: Option<String>| {
+        let filter = walk(lower, cap);
         format!(
             "SELECT {as_text} FROM {rel} AS drip_rows{filter} ORDER BY {order_rows} OFFSET {n} - 1 LIMIT 1",
             rel = spec.relation
         )
     };
-    let full_first = full(None, "$1".into());
-    let full_next = full(Some(row(&params(1, k))), format!("${}", k + 1));
+    let full_first = full(None, "$1".into(), cap_first);
+    let full_next = full(Some(row(&params(1, k))), format!("${}", k + 1), cap_next);
 
     let low = row(&params(spec.n_params + 1, k));
     let high = row(&params(spec.n_params + k + 1, k));
@@ -161,6 +182,7 @@ mod tests {
             scope: Some("age = $1"),
             action: "SET email = lower(email)",
             kind: &ActionKind::Set,
+            capped: false,
         });
         assert_eq!(
             sql.boundary_next,
@@ -191,14 +213,22 @@ mod tests {
             scope: None,
             action: "DELETE",
             kind: &ActionKind::Delete,
+            capped: true,
         });
         assert_eq!(
             sql.work_next,
             "DELETE FROM t WHERE (a, \"B\") > ($1, $2) AND (a, \"B\") <= ($3, $4)"
         );
-        assert!(sql
-            .boundary_next
-            .contains("WHERE (a, \"B\") > ($1, $2) ORDER BY a, \"B\" LIMIT $3"));
+        // Capped: the upper end follows the batch size.
+        assert!(sql.boundary_next.contains(
+            "WHERE (a, \"B\") > ($1, $2) AND (a, \"B\") <= ($4, $5) ORDER BY a, \"B\" LIMIT $3"
+        ));
+        assert!(
+            sql.full_first
+                .contains("WHERE (a, \"B\") <= ($2, $3) ORDER BY"),
+            "{}",
+            sql.full_first
+        );
         assert!(sql
             .boundary_next
             .ends_with("ORDER BY drip_keys.a DESC, drip_keys.\"B\" DESC LIMIT 1"));
@@ -211,6 +241,7 @@ mod tests {
             scope: None,
             action,
             kind: &ActionKind::Statement { with_at: Some(4) },
+            capped: false,
         });
         assert_eq!(
             sql.work_first,

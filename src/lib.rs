@@ -28,6 +28,7 @@ mod plan;
 pub mod security;
 pub mod status;
 pub mod throttle;
+mod wait;
 pub mod worker;
 
 ::pgrx::pg_module_magic!(name, version);

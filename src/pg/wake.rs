@@ -31,3 +31,23 @@ pub fn my_pid() -> i32 {
     // SAFETY: MyProcPid is set at process start and only read afterwards.
     unsafe { pg_sys::MyProcPid }
 }
+
+/// Sleep until this backend's latch is set or `timeout` passes, then honour a pending cancel
+/// or termination (which raises). For use in a regular backend (a SQL function), where the
+/// latch is `MyLatch`.
+pub fn wait_on_latch(timeout: std::time::Duration) {
+    let ms = timeout.as_millis().min(i64::MAX as u128) as i64;
+    // SAFETY: MyLatch is this backend's own latch, valid for the life of the process; WaitLatch
+    // with WL_EXIT_ON_PM_DEATH never returns on postmaster death. ResetLatch then
+    // CHECK_FOR_INTERRUPTS is the documented pattern so a cancel arriving meanwhile is seen.
+    unsafe {
+        pg_sys::WaitLatch(
+            pg_sys::MyLatch,
+            (pg_sys::WL_LATCH_SET | pg_sys::WL_TIMEOUT | pg_sys::WL_EXIT_ON_PM_DEATH) as i32,
+            ms as _,
+            pg_sys::PG_WAIT_EXTENSION,
+        );
+        pg_sys::ResetLatch(pg_sys::MyLatch);
+    }
+    pgrx::check_for_interrupts!();
+}

@@ -105,6 +105,8 @@ struct Runner {
     throttled: Option<&'static str>,
     hold_times: u32,
     stmts: StatementCache,
+    /// Inclusive upper end of the range, if the run has one (frozen or given).
+    to_key: Option<Vec<String>>,
 }
 
 /// The run's batch settings, read before each batch so changes (drip.alter) apply from the
@@ -236,7 +238,7 @@ impl Runner {
                     "WITH u AS (UPDATE drip.batches SET status = 'running', attempts = $3, \
                          started_at = clock_timestamp(), finished_at = NULL, rows = NULL \
                          WHERE run_id = $1 AND batch_no = $2) \
-                     SELECT pg_catalog.pg_notify('drip_events', $4)",
+                     SELECT drip.emit($4)",
                     &[
                         self.run_id.into(),
                         b.no.into(),
@@ -265,7 +267,7 @@ impl Runner {
             .exec(
                 "WITH i AS (INSERT INTO drip.batches (run_id, batch_no, low_key, high_key, status, batch_size) \
                      VALUES ($1, $2, $3, $4, 'running', $5)) \
-                 SELECT pg_catalog.pg_notify('drip_events', $6)",
+                 SELECT drip.emit($6)",
                 &[
                     self.run_id.into(),
                     no.into(),
@@ -454,6 +456,9 @@ impl Runner {
             }
         };
         args.push(DatumWithOid::from(batch_size as i64));
+        if let Some(cap) = self.to_key.clone() {
+            args.extend(self.key_args(&cap));
+        }
         let read_key = move |r: &pgrx::spi::SpiHeapTupleData| -> pgrx::spi::SpiResult<Vec<String>> {
             (1..=k)
                 .map(|i| r.get::<String>(i).map(|v| v.unwrap_or_default()))
@@ -573,7 +578,7 @@ impl Runner {
                       r AS (UPDATE drip.runs SET cursor = $4, rows_done = rows_done + $3, \
                               batches_done = batches_done + 1, batch_size = coalesce($5, batch_size) \
                             WHERE id = $1) \
-                 SELECT pg_catalog.pg_notify('drip_events', $6)",
+                 SELECT drip.emit($6)",
                 &[
                     self.run_id.into(),
                     b.no.into(),
@@ -740,7 +745,7 @@ fn claim(run_id: i64) -> Option<Runner> {
                 "UPDATE drip.runs SET status = 'running', worker_pid = pg_backend_pid(), \
                      started_at = coalesce(started_at, now()), error = NULL \
                  WHERE id = $1 AND status = 'enqueued' \
-                 RETURNING {RUN_COLUMNS}, definition, params, cursor"
+                 RETURNING {RUN_COLUMNS}, definition, params, cursor, to_key"
             ),
             None,
             &[run_id.into()],
@@ -750,16 +755,17 @@ fn claim(run_id: i64) -> Option<Runner> {
             let def = r.get::<JsonB>(7)?.map(|j| j.0).unwrap_or_default();
             let values = r.get::<JsonB>(8)?.map(|j| j.0).unwrap_or_default();
             let cursor = r.get::<Vec<String>>(9)?;
-            return Ok::<_, DripError>(Some((row, def, values, cursor)));
+            let to_key = r.get::<Vec<String>>(10)?;
+            return Ok::<_, DripError>(Some((row, def, values, cursor, to_key)));
         }
         Ok(None)
     })
     .or_raise()?;
-    let (run, def, values, cursor) = claimed;
+    let (run, def, values, cursor, to_key) = claimed;
     catalog::notify_run(&run, None).or_raise();
 
     let def = Definition::from_json(&def).or_raise();
-    let compiled = def.compile().or_raise();
+    let compiled = def.compile_capped(to_key.is_some()).or_raise();
     let param_texts = compiled
         .params
         .iter()
@@ -794,6 +800,7 @@ fn claim(run_id: i64) -> Option<Runner> {
         throttled: None,
         hold_times: 0,
         stmts: StatementCache::default(),
+        to_key,
     })
 }
 

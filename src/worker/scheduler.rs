@@ -19,6 +19,9 @@ use crate::worker::locks::{RUNNER_ALIVE_SQL, SCHEDULER_KEY};
 const TICK: Duration = Duration::from_millis(1000);
 /// Exit after this long without pending, enqueued or running runs.
 const IDLE_EXIT: Duration = Duration::from_secs(5);
+/// How often old events and batch rows are purged, and how many rows per delete.
+const PURGE_EVERY: Duration = Duration::from_secs(60);
+const PURGE_ROWS: i64 = 1000;
 /// A launched runner that has not claimed its run by then is presumed lost.
 const LAUNCH_GRACE: Duration = Duration::from_secs(10);
 
@@ -68,6 +71,7 @@ impl Scheduler {
             )
         });
         let mut idle_since: Option<Instant> = None;
+        let mut purged_at: Option<Instant> = None;
         loop {
             if BackgroundWorker::sighup_received() {
                 signals::reload_config();
@@ -93,6 +97,12 @@ impl Scheduler {
             }
             self.probe = false;
             self.launch_runners(&tick);
+            if purged_at.is_none_or(|t| t.elapsed() >= PURGE_EVERY) {
+                if let Err(e) = transaction::run(purge) {
+                    warning!("data_drip scheduler: purge: {}", e.message);
+                }
+                purged_at = Some(Instant::now());
+            }
 
             if tick.has_work {
                 idle_since = None;
@@ -184,6 +194,32 @@ impl Scheduler {
     }
 }
 
+/// Retention: remove old events and the batch rows of long-finished runs, a small delete at a
+/// time so no long lock or big transaction hits live traffic.
+fn purge() {
+    let events = guc::EVENT_RETENTION.get();
+    if events > 0 {
+        Spi::run_with_args(
+            "DELETE FROM drip.events WHERE id IN (SELECT id FROM drip.events \
+             WHERE at < now() - make_interval(secs => $1) ORDER BY id LIMIT $2)",
+            &[(events as f64).into(), PURGE_ROWS.into()],
+        )
+        .map_err(crate::error::DripError::from)
+        .or_raise();
+    }
+    let batches = guc::BATCH_RETENTION.get();
+    if batches > 0 {
+        Spi::run_with_args(
+            "DELETE FROM drip.batches WHERE (run_id, batch_no) IN ( \
+               SELECT b.run_id, b.batch_no FROM drip.batches b JOIN drip.runs r ON r.id = b.run_id \
+               WHERE r.finished_at < now() - make_interval(secs => $1) LIMIT $2)",
+            &[(batches as f64).into(), PURGE_ROWS.into()],
+        )
+        .map_err(crate::error::DripError::from)
+        .or_raise();
+    }
+}
+
 fn run_rows(sql: &str) -> Vec<RunRow> {
     Spi::connect_mut(|c| catalog::runs_from(c.update(sql, None, &[])?)).or_raise()
 }
@@ -215,9 +251,33 @@ fn tick() -> Tick {
         log!("data_drip: run {} lost its worker; enqueued again", row.id);
         catalog::notify_run(&row, None).or_raise();
     }
-    // Pending runs whose time has come.
+    // Pending runs that wait for another run which failed or was stopped: they fail too.
+    let failed = Spi::connect_mut(|c| {
+        let t = c.update(
+            &format!(
+                "UPDATE drip.runs r SET status = 'failed', finished_at = now(), \
+                     error = format('run %s, which this run waits for, ended %s', r.after_run, a.status) \
+                 FROM drip.runs a \
+                 WHERE r.status = 'pending' AND a.id = r.after_run AND a.status IN ('failed', 'stopped') \
+                 RETURNING {}, r.error",
+                RUN_COLUMNS.split(", ").map(|c| format!("r.{c}")).collect::<Vec<_>>().join(", ")
+            ),
+            None,
+            &[],
+        )?;
+        t.map(|r| Ok((RunRow::from_tuple(&r)?, r.get::<String>(7)?.unwrap_or_default())))
+            .collect::<Result<Vec<_>, crate::error::DripError>>()
+    })
+    .or_raise();
+    for (row, error) in failed {
+        catalog::notify_run(&row, Some(&error)).or_raise();
+    }
+    // Pending runs whose time has come and whose awaited run (if any) completed.
     for row in run_rows(&format!(
-        "UPDATE drip.runs SET status = 'enqueued' WHERE status = 'pending' AND start_at <= now() \
+        "UPDATE drip.runs r SET status = 'enqueued' \
+         WHERE r.status = 'pending' AND coalesce(r.start_at, '-infinity') <= now() \
+           AND (r.after_run IS NULL OR EXISTS (SELECT 1 FROM drip.runs a \
+                                               WHERE a.id = r.after_run AND a.status = 'completed')) \
          RETURNING {RUN_COLUMNS}"
     )) {
         catalog::notify_run(&row, None).or_raise();
