@@ -98,7 +98,9 @@ impl Scheduler {
             self.probe = false;
             self.launch_runners(&tick);
             if purged_at.is_none_or(|t| t.elapsed() >= PURGE_EVERY) {
-                if let Err(e) = transaction::run(purge) {
+                if let Err(e) = transaction::run(|| {
+                    purge();
+                }) {
                     warning!("data_drip scheduler: purge: {}", e.message);
                 }
                 purged_at = Some(Instant::now());
@@ -195,30 +197,53 @@ impl Scheduler {
 }
 
 /// Retention: remove old events and the batch rows of long-finished runs, a small delete at a
-/// time so no long lock or big transaction hits live traffic.
-fn purge() {
+/// time so no long lock or big transaction hits live traffic. Returns the rows removed.
+pub fn purge() -> i64 {
+    let mut removed = 0;
     let events = guc::EVENT_RETENTION.get();
     if events > 0 {
-        Spi::run_with_args(
-            "DELETE FROM drip.events WHERE id IN (SELECT id FROM drip.events \
-             WHERE at < now() - make_interval(secs => $1) ORDER BY id LIMIT $2)",
-            &[(events as f64).into(), PURGE_ROWS.into()],
-        )
+        removed += Spi::connect_mut(|c| {
+            c.update(
+                "DELETE FROM drip.events WHERE id IN (SELECT id FROM drip.events \
+                 WHERE at < now() - make_interval(secs => $1) ORDER BY id LIMIT $2)",
+                None,
+                &[(events as f64).into(), PURGE_ROWS.into()],
+            )
+            .map(|t| t.len() as i64)
+        })
         .map_err(crate::error::DripError::from)
         .or_raise();
     }
     let batches = guc::BATCH_RETENTION.get();
     if batches > 0 {
-        Spi::run_with_args(
-            "DELETE FROM drip.batches WHERE (run_id, batch_no) IN ( \
-               SELECT b.run_id, b.batch_no FROM drip.batches b JOIN drip.runs r ON r.id = b.run_id \
-               WHERE r.finished_at < now() - make_interval(secs => $1) LIMIT $2)",
-            &[(batches as f64).into(), PURGE_ROWS.into()],
-        )
+        removed += Spi::connect_mut(|c| {
+            c.update(
+                "DELETE FROM drip.batches WHERE (run_id, batch_no) IN ( \
+                   SELECT b.run_id, b.batch_no FROM drip.batches b JOIN drip.runs r ON r.id = b.run_id \
+                   WHERE r.finished_at < now() - make_interval(secs => $1) LIMIT $2)",
+                None,
+                &[(batches as f64).into(), PURGE_ROWS.into()],
+            )
+            .map(|t| t.len() as i64)
+        })
         .map_err(crate::error::DripError::from)
         .or_raise();
     }
+    removed
 }
+
+/// Run one retention pass now (the scheduler does it every minute while it runs); returns the
+/// number of rows removed. Only superusers may call it.
+#[pg_extern(volatile, parallel_unsafe)]
+fn purge_expired() -> i64 {
+    crate::security::as_catalog(|| Ok(purge())).or_raise()
+}
+
+extension_sql!(
+    "REVOKE ALL ON FUNCTION drip.purge_expired() FROM PUBLIC;",
+    name = "purge_grants",
+    requires = [purge_expired]
+);
 
 fn run_rows(sql: &str) -> Vec<RunRow> {
     Spi::connect_mut(|c| catalog::runs_from(c.update(sql, None, &[])?)).or_raise()

@@ -9,6 +9,7 @@ mod bad_input;
 mod control;
 mod engine;
 mod events;
+mod features;
 mod resilience;
 mod security;
 mod tuning;
