@@ -19,6 +19,8 @@ CREATE TABLE drip.backfills (
     max_batch_size integer NOT NULL DEFAULT 100000 CHECK (max_batch_size >= min_batch_size),
     max_replica_lag interval NOT NULL DEFAULT '10 seconds' CHECK (max_replica_lag >= '0'),
     throttle_query text,
+    mode          text NOT NULL DEFAULT 'batch' CHECK (mode IN ('batch', 'row')),
+    on_row_error  text NOT NULL DEFAULT 'fail' CHECK (on_row_error IN ('fail', 'skip')),
     description   text,
     owner         regrole NOT NULL,
     search_path   text NOT NULL DEFAULT '',
@@ -37,6 +39,8 @@ COMMENT ON COLUMN drip.backfills.lock_timeout IS 'lock_timeout of each batch: a 
 COMMENT ON COLUMN drip.backfills.statement_timeout IS 'Limit on each batch statement (0 = none).';
 COMMENT ON COLUMN drip.backfills.target_batch_time IS 'Adaptive sizing: batch size moves toward the size whose batch takes this long (NULL or 0 = fixed batch_size).';
 COMMENT ON COLUMN drip.backfills.max_replica_lag IS 'Hold while any streaming standby lags more than this (0 = off).';
+COMMENT ON COLUMN drip.backfills.mode IS 'batch: the action runs once per batch; row: once per row, each in its own subtransaction (element mode).';
+COMMENT ON COLUMN drip.backfills.on_row_error IS 'Element mode: fail (the run fails after the batch) or skip (the run goes on); failing rows are recorded in drip.row_errors either way.';
 COMMENT ON COLUMN drip.backfills.throttle_query IS 'SQL returning true while runs should hold (run as the owner).';
 
 CREATE TABLE drip.runs (
@@ -60,6 +64,7 @@ CREATE TABLE drip.runs (
     after_run      bigint,
     cursor         text[],
     rows_done      bigint NOT NULL DEFAULT 0,
+    rows_failed    bigint NOT NULL DEFAULT 0,
     batches_done   bigint NOT NULL DEFAULT 0,
     rows_estimated bigint,
     definition     jsonb NOT NULL,
@@ -108,6 +113,18 @@ CREATE TABLE drip.batches (
 
 COMMENT ON TABLE drip.batches IS 'Every batch of every run: key range (low_key exclusive, high_key inclusive), rows, status and errors.';
 
+CREATE TABLE drip.row_errors (
+    run_id       bigint NOT NULL,
+    batch_no     bigint NOT NULL,
+    key          text[] NOT NULL,
+    error        text NOT NULL,
+    sqlstate     text NOT NULL,
+    at           timestamptz NOT NULL DEFAULT clock_timestamp(),
+    resolved_at  timestamptz,
+    PRIMARY KEY (run_id, key)
+);
+COMMENT ON TABLE drip.row_errors IS 'Element mode: rows whose action failed (in their own subtransaction); drip.retry_rows processes them again and sets resolved_at.';
+
 CREATE TABLE drip.events (
     id       bigserial PRIMARY KEY,
     at       timestamptz NOT NULL DEFAULT clock_timestamp(),
@@ -149,14 +166,18 @@ CREATE POLICY runs_visible ON drip.runs FOR SELECT USING (drip.may_control(owner
 ALTER TABLE drip.batches ENABLE ROW LEVEL SECURITY;
 CREATE POLICY batches_visible ON drip.batches FOR SELECT
     USING (EXISTS (SELECT 1 FROM drip.runs r WHERE r.id = run_id));
+ALTER TABLE drip.row_errors ENABLE ROW LEVEL SECURITY;
+CREATE POLICY row_errors_visible ON drip.row_errors FOR SELECT
+    USING (EXISTS (SELECT 1 FROM drip.runs r WHERE r.id = run_id));
 ALTER TABLE drip.events ENABLE ROW LEVEL SECURITY;
 CREATE POLICY events_visible ON drip.events FOR SELECT
     USING (EXISTS (SELECT 1 FROM drip.runs r WHERE r.id = run_id));
-GRANT SELECT ON drip.backfills, drip.runs, drip.batches, drip.events TO PUBLIC;
+GRANT SELECT ON drip.backfills, drip.runs, drip.batches, drip.row_errors, drip.events TO PUBLIC;
 
 SELECT pg_catalog.pg_extension_config_dump('drip.backfills', '');
 SELECT pg_catalog.pg_extension_config_dump('drip.runs', '');
 SELECT pg_catalog.pg_extension_config_dump('drip.batches', '');
 SELECT pg_catalog.pg_extension_config_dump('drip.runs_id_seq', '');
 SELECT pg_catalog.pg_extension_config_dump('drip.events', '');
+SELECT pg_catalog.pg_extension_config_dump('drip.row_errors', '');
 SELECT pg_catalog.pg_extension_config_dump('drip.events_id_seq', '');

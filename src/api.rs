@@ -93,6 +93,8 @@ fn register_internal(
     max_batch_size: i32,
     max_replica_lag: Interval,
     throttle_query: Option<&str>,
+    mode: &str,
+    on_row_error: &str,
 ) {
     let definition = NewBackfill {
         name,
@@ -106,6 +108,8 @@ fn register_internal(
         max_attempts,
         description,
         throttle_query: throttle_query.filter(|q| !q.trim().is_empty()),
+        mode,
+        on_row_error,
     };
     let options = BatchOptions {
         batch_size,
@@ -132,6 +136,8 @@ struct NewBackfill<'a> {
     max_attempts: i32,
     description: Option<&'a str>,
     throttle_query: Option<&'a str>,
+    mode: &'a str,
+    on_row_error: &'a str,
 }
 
 fn register_impl(def: &NewBackfill, options: &BatchOptions, replace: bool) -> DripResult<()> {
@@ -142,6 +148,18 @@ fn register_impl(def: &NewBackfill, options: &BatchOptions, replace: bool) -> Dr
         ));
     }
     options.check()?;
+    if !matches!(def.mode, "batch" | "row") {
+        return Err(DripError::BadOption(format!(
+            "mode must be 'batch' or 'row', not '{}'",
+            def.mode
+        )));
+    }
+    if !matches!(def.on_row_error, "fail" | "skip") {
+        return Err(DripError::BadOption(format!(
+            "on_row_error must be 'fail' or 'skip', not '{}'",
+            def.on_row_error
+        )));
+    }
     if def.max_attempts < 1 {
         return Err(DripError::BadOption(format!(
             "max_attempts must be at least 1, got {}",
@@ -158,7 +176,7 @@ fn register_impl(def: &NewBackfill, options: &BatchOptions, replace: bool) -> Dr
     })?;
     // Parsed, analyzed and planned as the caller: Postgres checks the caller's privileges for
     // every object the scope and action touch (UPDATE for SET, DELETE for DELETE, ...).
-    compiled.validate()?;
+    compiled.validate(def.mode == "row")?;
     let throttle_query = def
         .throttle_query
         .map(compile::throttle_query)
@@ -210,9 +228,9 @@ fn insert_backfill(
             "INSERT INTO drip.backfills AS b (name, relation, action, action_kind, scope, params, key, \
                  batch_size, sleep, max_attempts, description, owner, lock_timeout, statement_timeout, \
                  search_path, target_batch_time, min_batch_size, max_batch_size, max_replica_lag, \
-                 throttle_query) \
+                 throttle_query, mode, on_row_error) \
              VALUES ($1, $2::oid::regclass, $3, $4, $5, $6, $7, $8, $9, $10, $11, $14::oid::regrole, \
-                 $12, $13, $15, $16, $17, $18, $19, $20) \
+                 $12, $13, $15, $16, $17, $18, $19, $20, $21, $22) \
              ON CONFLICT (name) DO UPDATE SET relation = excluded.relation, action = excluded.action, \
                  action_kind = excluded.action_kind, scope = excluded.scope, params = excluded.params, \
                  key = excluded.key, batch_size = excluded.batch_size, sleep = excluded.sleep, \
@@ -221,7 +239,8 @@ fn insert_backfill(
                  statement_timeout = excluded.statement_timeout, search_path = excluded.search_path, \
                  target_batch_time = excluded.target_batch_time, min_batch_size = excluded.min_batch_size, \
                  max_batch_size = excluded.max_batch_size, max_replica_lag = excluded.max_replica_lag, \
-                 throttle_query = excluded.throttle_query, \
+                 throttle_query = excluded.throttle_query, mode = excluded.mode, \
+                 on_row_error = excluded.on_row_error, \
                  updated_at = now()",
             None,
             &[
@@ -245,6 +264,8 @@ fn insert_backfill(
                 options.max_batch_size.into(),
                 options.max_replica_lag.into(),
                 extras.throttle_query.into(),
+                def.mode.into(),
+                def.on_row_error.into(),
             ],
         )
         .map(|_| ())
@@ -734,14 +755,14 @@ CREATE FUNCTION drip.register(
     lock_timeout interval DEFAULT '1 second', statement_timeout interval DEFAULT '1 minute',
     target_batch_time interval DEFAULT NULL, min_batch_size integer DEFAULT 10,
     max_batch_size integer DEFAULT 100000, max_replica_lag interval DEFAULT '10 seconds',
-    throttle_query text DEFAULT NULL)
+    throttle_query text DEFAULT NULL, mode text DEFAULT 'batch', on_row_error text DEFAULT 'fail')
     RETURNS drip.backfills
 LANGUAGE sql VOLATILE AS $fn$
     SELECT drip.register_internal($1, $2::oid, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13,
-                                  $14, $15, $16, $17, $18);
+                                  $14, $15, $16, $17, $18, $19, $20);
     SELECT * FROM drip.backfills WHERE backfills.name = $1;
 $fn$;
-COMMENT ON FUNCTION drip.register(text, regclass, text, text, jsonb, text[], integer, interval, integer, text, boolean, interval, interval, interval, integer, integer, interval, text)
+COMMENT ON FUNCTION drip.register(text, regclass, text, text, jsonb, text[], integer, interval, integer, text, boolean, interval, interval, interval, integer, integer, interval, text, text, text)
     IS 'Define (or with replace => true redefine) a backfill; validates everything up front.';
 "#,
     name = "register_wrapper",

@@ -251,7 +251,7 @@ pub fn compile(src: &Source) -> DripResult<Compiled> {
 impl Compiled {
     /// Ask Postgres to parse, analyze and plan the scope, the work statement and the boundary
     /// query, with the declared parameter types (values NULL). Nothing is executed.
-    pub fn validate(&self) -> DripResult<()> {
+    pub fn validate(&self, row_mode: bool) -> DripResult<()> {
         let null_params: Vec<pg_sys::Oid> = self.params.iter().map(|(_, t)| t.oid).collect();
         let key_types: Vec<pg_sys::Oid> = self.keys.iter().map(|k| k.type_oid).collect();
 
@@ -265,8 +265,13 @@ impl Compiled {
         let mut work_types = null_params.clone();
         work_types.extend(&key_types);
         work_types.extend(&key_types);
-        explain("action", &self.sql.work_next, &work_types)?;
-        explain("action", &self.sql.work_first, &work_types)?;
+        if row_mode {
+            explain("action", &self.sql.work_row, &work_types)?;
+            explain("scope", &self.sql.rows_next, &work_types)?;
+        } else {
+            explain("action", &self.sql.work_next, &work_types)?;
+            explain("action", &self.sql.work_first, &work_types)?;
+        }
         let mut boundary_types = key_types.clone();
         boundary_types.push(pg_sys::INT8OID);
         explain("key", &self.sql.boundary_next, &boundary_types)?;
@@ -341,6 +346,19 @@ pub struct Definition {
     /// search_path of the registering session, for the scope and action.
     #[serde(default)]
     pub search_path: String,
+    /// `batch` or `row` (element mode).
+    #[serde(default = "default_mode")]
+    pub mode: String,
+    #[serde(default = "default_on_row_error")]
+    pub on_row_error: String,
+}
+
+fn default_mode() -> String {
+    "batch".into()
+}
+
+fn default_on_row_error() -> String {
+    "fail".into()
 }
 
 impl Definition {

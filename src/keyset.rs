@@ -31,6 +31,12 @@ pub struct BatchSql {
     /// First batch's work (the low-bound parameters are declared but unused).
     pub work_first: String,
     pub work_next: String,
+    /// Element mode: the keys of the batch's rows in scope (same parameters as `work_*`).
+    pub rows_first: String,
+    pub rows_next: String,
+    /// Element mode: the action for one row, whose key is passed as the low bound (the high
+    /// bound parameters are declared but unused). A statement action reads `drip_row`.
+    pub work_row: String,
 }
 
 /// Inputs: the quoted relation name, quoted key columns, the number of user parameters, and the
@@ -139,24 +145,37 @@ pub fn build(spec: &Spec) -> BatchSql {
             format!("{keys} > {low} AND {keys} <= {high}{scope}")
         }
     };
-    let work = |first: bool| {
-        let filter = range(first);
-        match spec.kind {
-            ActionKind::Set => {
-                format!("UPDATE {} {}\nWHERE {filter}", spec.relation, spec.action)
-            }
-            ActionKind::Delete => format!("DELETE FROM {} WHERE {filter}", spec.relation),
-            ActionKind::Statement { with_at } => {
-                let cte = format!(
-                    "drip_batch AS (SELECT * FROM {} WHERE {filter})",
-                    spec.relation
-                );
-                match with_at {
-                    Some(at) => format!("{} {cte},\n{}", &spec.action[..*at], &spec.action[*at..]),
-                    None => format!("WITH {cte}\n{}", spec.action),
-                }
+    let action_for = |filter: String, cte_name: &str| match spec.kind {
+        ActionKind::Set => {
+            format!("UPDATE {} {}\nWHERE {filter}", spec.relation, spec.action)
+        }
+        ActionKind::Delete => format!("DELETE FROM {} WHERE {filter}", spec.relation),
+        ActionKind::Statement { with_at } => {
+            let cte = format!(
+                "{cte_name} AS (SELECT * FROM {} WHERE {filter})",
+                spec.relation
+            );
+            match with_at {
+                Some(at) => format!("{} {cte},\n{}", &spec.action[..*at], &spec.action[*at..]),
+                None => format!("WITH {cte}\n{}", spec.action),
             }
         }
+    };
+    let work = |first: bool| action_for(range(first), "drip_batch");
+    // Element mode. Ordered by the key, qualified with the relation's name (an alias would
+    // break a scope that names the table).
+    let order_rel = spec
+        .keys
+        .iter()
+        .map(|c| format!("{}.{c}", spec.relation))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let rows = |first: bool| {
+        format!(
+            "SELECT {as_text} FROM {} WHERE {} ORDER BY {order_rel}",
+            spec.relation,
+            range(first)
+        )
     };
     BatchSql {
         boundary_first,
@@ -165,6 +184,9 @@ pub fn build(spec: &Spec) -> BatchSql {
         full_next,
         work_first: work(true),
         work_next: work(false),
+        rows_first: rows(true),
+        rows_next: rows(false),
+        work_row: action_for(format!("{keys} = {low}{scope}"), "drip_row"),
     }
 }
 
@@ -200,6 +222,14 @@ mod tests {
         assert_eq!(
             sql.work_first,
             "UPDATE public.users SET email = lower(email)\nWHERE id <= $3 AND (\nage = $1\n)"
+        );
+        assert_eq!(
+            sql.work_row,
+            "UPDATE public.users SET email = lower(email)\nWHERE id = $2 AND (\nage = $1\n)"
+        );
+        assert_eq!(
+            sql.rows_next,
+            "SELECT id::text FROM public.users WHERE id > $2 AND id <= $3 AND (\nage = $1\n) ORDER BY public.users.id"
         );
     }
 

@@ -5,6 +5,7 @@
 pub mod identity;
 pub mod preload;
 pub mod signals;
+pub mod subxact;
 pub mod timeout;
 pub mod transaction;
 pub mod types;

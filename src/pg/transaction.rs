@@ -15,7 +15,7 @@ pub struct TxError {
     pub sqlstate: String,
 }
 
-fn sqlstate_text(code: PgSqlErrorCode) -> String {
+pub fn sqlstate_text(code: PgSqlErrorCode) -> String {
     // SAFETY: unpack_sql_state only formats the integer code into a static buffer, which we copy.
     unsafe {
         let p = pg_sys::unpack_sql_state(code as i32);

@@ -24,7 +24,7 @@ use crate::error::{DripError, DripResult, OrRaise};
 use crate::events;
 use crate::params;
 use crate::pg::identity::{self, Restriction};
-use crate::pg::{signals, timeout, transaction, types};
+use crate::pg::{signals, subxact, timeout, transaction, types};
 use crate::status::{BatchStatus, RunStatus};
 use crate::throttle;
 use crate::worker::launch;
@@ -107,6 +107,9 @@ struct Runner {
     stmts: StatementCache,
     /// Inclusive upper end of the range, if the run has one (frozen or given).
     to_key: Option<Vec<String>>,
+    /// Element mode, and whether failing rows let the run go on.
+    row_mode: bool,
+    skip_row_errors: bool,
 }
 
 /// The run's batch settings, read before each batch so changes (drip.alter) apply from the
@@ -167,9 +170,17 @@ impl Runner {
             };
             boundary_failures = 0;
             match transaction::run(|| self.work(&batch, &settings)) {
-                Ok(()) => {
+                Ok(failed_rows) => {
                     self.cursor = Some(batch.high.clone());
                     self.retry = None;
+                    if failed_rows > 0 && !self.skip_row_errors {
+                        let message = format!(
+                            "{failed_rows} row(s) of batch {} failed; see drip.row_errors, then drip.retry_rows({}) and drip.retry({})",
+                            batch.no, self.run_id, self.run_id
+                        );
+                        let _ = transaction::run(|| fail_run(self.run_id, &message));
+                        return;
+                    }
                     if !self.sleep(settings.sleep) {
                         return;
                     }
@@ -518,7 +529,8 @@ impl Runner {
     }
 
     /// Transaction 2 of a batch: the work, the batch row and the cursor, committed together.
-    fn work(&mut self, b: &Batch, settings: &Settings) {
+    /// Returns the number of rows that failed (element mode; 0 otherwise).
+    fn work(&mut self, b: &Batch, settings: &Settings) -> i64 {
         const SET_LOCK_TIMEOUT: &str = "SELECT pg_catalog.set_config('lock_timeout', $1, true)";
         // A batch must lose a lock fight with live traffic, not win it.
         self.stmts
@@ -546,17 +558,22 @@ impl Runner {
         } else {
             self.compiled.sql.work_first.clone()
         };
-        let rows = {
-            // Only the user's statement is limited; our bookkeeping below is not.
+        let (rows, failed) = {
+            // Only the user's SQL is limited; our bookkeeping below is not.
             let _limit = timeout::StatementTimeout::arm(settings.statement_timeout);
             let started = Instant::now();
-            let rows = self
-                .as_owner(|stmts| stmts.exec(&sql, &args))
-                .or_raise_spi();
+            let counts = if self.row_mode {
+                self.rows_one_by_one(b, &args)
+            } else {
+                let rows = self
+                    .as_owner(|stmts| stmts.exec(&sql, &args))
+                    .or_raise_spi();
+                (rows, 0)
+            };
             if let Some(a) = self.adaptive.as_mut() {
                 a.observe(b.keys, started.elapsed());
             }
-            rows
+            counts
         };
         // Our own bookkeeping waits for locks as long as it must (pause/stop hold the run row
         // only briefly).
@@ -576,6 +593,7 @@ impl Runner {
                 "WITH b AS (UPDATE drip.batches SET status = 'completed', rows = $3, \
                               finished_at = clock_timestamp() WHERE run_id = $1 AND batch_no = $2), \
                       r AS (UPDATE drip.runs SET cursor = $4, rows_done = rows_done + $3, \
+                              rows_failed = rows_failed + $7, \
                               batches_done = batches_done + 1, batch_size = coalesce($5, batch_size) \
                             WHERE id = $1) \
                  SELECT drip.emit($6)",
@@ -586,9 +604,74 @@ impl Runner {
                     b.high.clone().into(),
                     next_size.into(),
                     payload.into(),
+                    failed.into(),
                 ],
             )
             .or_raise_spi();
+        failed
+    }
+
+    /// Element mode: the action once per row of the batch in scope, each in its own
+    /// subtransaction. A failing row is rolled back alone and recorded in drip.row_errors; the
+    /// rest of the batch goes on. Returns (rows processed, rows failed).
+    fn rows_one_by_one(&mut self, b: &Batch, args: &[DatumWithOid]) -> (i64, i64) {
+        let k = self.compiled.keys.len();
+        let n_params = self.compiled.params.len();
+        let select = if b.low.is_some() {
+            self.compiled.sql.rows_next.clone()
+        } else {
+            self.compiled.sql.rows_first.clone()
+        };
+        let keys: Vec<Vec<String>> = self
+            .as_owner(|stmts| {
+                stmts.run(&select, args, |t| {
+                    t.map(|r| {
+                        (1..=k)
+                            .map(|i| r.get::<String>(i).map(|v| v.unwrap_or_default()))
+                            .collect()
+                    })
+                    .collect::<Result<Vec<Vec<String>>, _>>()
+                })
+            })
+            .or_raise_spi();
+        let work_row = self.compiled.sql.work_row.clone();
+        let (mut done, mut failed) = (0, 0);
+        for key in keys {
+            // The user's parameters, then the row's key as the low bound (and, unused, high).
+            let mut row_args: Vec<DatumWithOid> = Vec::with_capacity(n_params + 2 * k);
+            for ((decl, ty), text) in self.compiled.params.iter().zip(&self.param_texts) {
+                row_args.push(types::input_datum(ty.oid, text.as_deref(), &decl.name).or_raise());
+            }
+            row_args.extend(self.key_args(&key));
+            row_args.extend(self.key_args(&key));
+            let result = subxact::try_in_subtransaction(|| {
+                self.as_owner(|stmts| stmts.exec(&work_row, &row_args))
+                    .or_raise_spi()
+            });
+            match result {
+                Ok(n) => done += n,
+                Err(e) => {
+                    failed += 1;
+                    self.stmts
+                        .exec(
+                            "INSERT INTO drip.row_errors (run_id, batch_no, key, error, sqlstate) \
+                             VALUES ($1, $2, $3, $4, $5) \
+                             ON CONFLICT (run_id, key) DO UPDATE SET batch_no = excluded.batch_no, \
+                                 error = excluded.error, sqlstate = excluded.sqlstate, \
+                                 at = excluded.at, resolved_at = NULL",
+                            &[
+                                self.run_id.into(),
+                                b.no.into(),
+                                key.clone().into(),
+                                e.message.as_str().into(),
+                                e.sqlstate.as_str().into(),
+                            ],
+                        )
+                        .or_raise_spi();
+                }
+            }
+        }
+        (done, failed)
     }
 
     /// Record a failed attempt. Returns true when the run failed for good.
@@ -801,6 +884,8 @@ fn claim(run_id: i64) -> Option<Runner> {
         hold_times: 0,
         stmts: StatementCache::default(),
         to_key,
+        row_mode: def.mode == "row",
+        skip_row_errors: def.on_row_error == "skip",
     })
 }
 

@@ -317,3 +317,99 @@ fn retention_removes_old_events_and_batches_of_finished_runs() {
         1
     );
 }
+
+#[test]
+fn element_mode_runs_each_row_in_its_own_subtransaction() {
+    let mut db = db();
+    db.exec(
+        "CREATE TABLE em_t (id int PRIMARY KEY, v int NOT NULL, fixed int);
+         INSERT INTO em_t SELECT g, CASE WHEN g IN (13, 77, 150) THEN 0 ELSE g END, NULL FROM generate_series(1, 200) g;
+         CREATE FUNCTION em_fix(r em_t) RETURNS int LANGUAGE sql AS
+             $$ UPDATE em_t SET fixed = 1000 / r.v WHERE id = r.id RETURNING 1 $$;
+         SELECT drip.register('em_skip', 'em_t', 'SELECT em_fix(drip_row) FROM drip_row',
+             mode => 'row', on_row_error => 'skip', batch_size => 50, sleep => '0');",
+    );
+    // skip: the failing rows are recorded, every other row is done, the run completes.
+    let run = db.start("SELECT drip.start('em_skip')");
+    assert_eq!(db.wait_done(run), "completed");
+    assert_eq!(
+        db.i64("SELECT count(*) FROM em_t WHERE fixed IS NOT NULL"),
+        197
+    );
+    assert_eq!(
+        db.i64(&format!(
+            "SELECT rows_failed FROM drip.runs WHERE id = {run}"
+        )),
+        3
+    );
+    assert_eq!(
+        db.i64(&format!("SELECT rows_done FROM drip.runs WHERE id = {run}")),
+        197
+    );
+    assert_eq!(
+        db.text(&format!(
+            "SELECT string_agg(key[1] || ':' || sqlstate || ':' || batch_no, ',' ORDER BY key[1]::int) FROM drip.row_errors WHERE run_id = {run}"
+        )),
+        "13:22012:1,77:22012:2,150:22012:3"
+    );
+    assert!(db
+        .text(&format!(
+            "SELECT error FROM drip.row_errors WHERE run_id = {run} AND key = '{{13}}'"
+        ))
+        .contains("division by zero"));
+    // retry_rows processes again only those rows.
+    db.exec("UPDATE em_t SET v = 4 WHERE v = 0");
+    assert_eq!(db.i64(&format!("SELECT drip.retry_rows({run})")), 3);
+    assert_eq!(db.i64("SELECT count(*) FROM em_t WHERE fixed IS NULL"), 0);
+    assert_eq!(db.i64("SELECT count(*) FROM em_t WHERE id IN (13, 77, 150) AND fixed = 250"), 3);
+    assert_eq!(
+        db.i64(&format!(
+            "SELECT count(*) FROM drip.row_errors WHERE run_id = {run} AND resolved_at IS NULL"
+        )),
+        0
+    );
+    assert_eq!(
+        db.i64(&format!(
+            "SELECT rows_failed FROM drip.runs WHERE id = {run}"
+        )),
+        0
+    );
+
+    // fail: the batch still completes its other rows, then the run fails naming the rows.
+    db.exec(
+        "CREATE TABLE em2_t (id int PRIMARY KEY, v int NOT NULL, fixed int);
+         INSERT INTO em2_t SELECT g, CASE WHEN g = 60 THEN 0 ELSE g END, NULL FROM generate_series(1, 200) g;
+         SELECT drip.register('em_fail', 'em2_t', 'SET fixed = 1000 / v', mode => 'row', batch_size => 50, sleep => '0');",
+    );
+    let run = db.start("SELECT drip.start('em_fail')");
+    assert_eq!(db.wait_done(run), "failed");
+    assert_eq!(
+        db.i64("SELECT count(*) FROM em2_t WHERE fixed IS NOT NULL"),
+        99
+    );
+    assert_eq!(
+        db.i64("SELECT count(*) FROM em2_t WHERE id > 100 AND fixed IS NOT NULL"),
+        0
+    );
+    assert!(db
+        .text(&format!("SELECT error FROM drip.runs WHERE id = {run}"))
+        .contains("drip.row_errors"));
+    assert_eq!(
+        db.i64(&format!(
+            "SELECT count(*) FROM drip.row_errors WHERE run_id = {run}"
+        )),
+        1
+    );
+    // Fix the row, retry it, and let the run go on from its cursor.
+    db.exec("UPDATE em2_t SET v = 10 WHERE id = 60");
+    assert_eq!(db.i64(&format!("SELECT drip.retry_rows({run})")), 1);
+    db.exec(&format!("SELECT drip.retry({run})"));
+    assert_eq!(db.wait_done(run), "completed");
+    assert_eq!(db.i64("SELECT count(*) FROM em2_t WHERE fixed IS NULL"), 0);
+    // Bad modes are refused.
+    assert_eq!(
+        db.sqlstate("SELECT drip.register('em_bad', 'em2_t', 'SET fixed = 1', mode => 'rows')"),
+        "22023"
+    );
+    assert_eq!(db.sqlstate("SELECT drip.retry_rows(987654321)"), "42704");
+}
