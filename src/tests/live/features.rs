@@ -361,7 +361,10 @@ fn element_mode_runs_each_row_in_its_own_subtransaction() {
     db.exec("UPDATE em_t SET v = 4 WHERE v = 0");
     assert_eq!(db.i64(&format!("SELECT drip.retry_rows({run})")), 3);
     assert_eq!(db.i64("SELECT count(*) FROM em_t WHERE fixed IS NULL"), 0);
-    assert_eq!(db.i64("SELECT count(*) FROM em_t WHERE id IN (13, 77, 150) AND fixed = 250"), 3);
+    assert_eq!(
+        db.i64("SELECT count(*) FROM em_t WHERE id IN (13, 77, 150) AND fixed = 250"),
+        3
+    );
     assert_eq!(
         db.i64(&format!(
             "SELECT count(*) FROM drip.row_errors WHERE run_id = {run} AND resolved_at IS NULL"
