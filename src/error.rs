@@ -82,6 +82,8 @@ pub enum DripError {
     WaitTimedOut { run_id: i64, status: String },
     #[error("backfill \"{backfill}\" has not completed: {detail}")]
     NotCompleted { backfill: String, detail: String },
+    #[error("run {0} is being executed by a background worker or another session")]
+    RunBusy(i64),
     #[error("{0}")]
     Internal(String),
 }
@@ -119,6 +121,7 @@ impl DripError {
             }
             DripError::WaitTimedOut { .. } => ERRCODE_QUERY_CANCELED,
             DripError::NotCompleted { .. } => ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+            DripError::RunBusy(_) => ERRCODE_OBJECT_IN_USE,
             DripError::Internal(_) => ERRCODE_INTERNAL_ERROR,
         }
     }
@@ -181,6 +184,9 @@ impl DripError {
             }
             DripError::NotCompleted { backfill, .. } => format!(
                 "Start or finish it first, e.g. SELECT drip.wait(drip.start('{backfill}'))."
+            ),
+            DripError::RunBusy(run_id) => format!(
+                "Pause it first (SELECT drip.pause({run_id})), then CALL drip.finish({run_id})."
             ),
             DripError::BadOption(_) => "batch_size must be at least 1 and sleep must not be negative.".into(),
             _ => return None,

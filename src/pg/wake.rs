@@ -51,3 +51,22 @@ pub fn wait_on_latch(timeout: std::time::Duration) {
     }
     pgrx::check_for_interrupts!();
 }
+
+/// Release a session-level advisory lock (key1, key2) this backend holds. Never raises (a
+/// missing lock only logs a warning), so it may run in a transaction-abort callback.
+pub fn release_session_advisory(key1: i32, key2: i32) {
+    let tag = pg_sys::LOCKTAG {
+        locktag_field1: my_database_oid().to_u32(),
+        locktag_field2: key1 as u32,
+        locktag_field3: key2 as u32,
+        locktag_field4: 2,
+        locktag_type: pg_sys::LockTagType::LOCKTAG_ADVISORY as u8,
+        locktag_lockmethodid: pg_sys::USER_LOCKMETHOD as u8,
+    };
+    // SAFETY: the tag is built exactly as SET_LOCKTAG_ADVISORY does for the two-int4 form of
+    // pg_advisory_lock, in this database; LockRelease on a session lock does no catalog access
+    // and only warns if the lock is not held.
+    unsafe {
+        pg_sys::LockRelease(&tag, pg_sys::ExclusiveLock as i32, true);
+    }
+}

@@ -3,6 +3,7 @@
 //! per executing run, up to `drip.max_runs`. With `shared_preload_libraries`, a launcher also
 //! probes every database so runs resume after a restart without any `drip.*` call.
 
+pub mod foreground;
 pub mod launch;
 pub mod launcher;
 pub mod locks;

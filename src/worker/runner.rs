@@ -24,7 +24,7 @@ use crate::error::{DripError, DripResult, OrRaise};
 use crate::events;
 use crate::params;
 use crate::pg::identity::{self, Restriction};
-use crate::pg::{signals, subxact, timeout, transaction, types};
+use crate::pg::{signals, subxact, timeout, transaction, types, wake};
 use crate::status::{BatchStatus, RunStatus};
 use crate::throttle;
 use crate::worker::launch;
@@ -110,6 +110,13 @@ struct Runner {
     /// Element mode, and whether failing rows let the run go on.
     row_mode: bool,
     skip_row_errors: bool,
+    /// Executed by `CALL drip.finish` in a client session rather than a background worker.
+    foreground: bool,
+    /// Foreground: the batch marked by the last step, to be worked by the next.
+    pending: Option<(Batch, Settings)>,
+    /// Foreground: the sleep (or backoff) owed before the next batch, taken at the next step
+    /// so no batch's row locks are held while sleeping.
+    nap: Duration,
 }
 
 /// The run's batch settings, read before each batch so changes (drip.alter) apply from the
@@ -705,6 +712,18 @@ impl Runner {
     /// Sleep between batches. Returns false if the worker must exit. A long sleep looks at the
     /// run's status every STATUS_POLL so pause and stop act promptly.
     fn sleep(&self, total: Duration) -> bool {
+        if self.foreground {
+            // A client session: sleep on its latch; a cancel interrupts (and raises).
+            let deadline = Instant::now() + total;
+            while !deadline.saturating_duration_since(Instant::now()).is_zero() {
+                wake::wait_on_latch(
+                    deadline
+                        .saturating_duration_since(Instant::now())
+                        .min(STATUS_POLL),
+                );
+            }
+            return true;
+        }
         let deadline = Instant::now() + total;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
@@ -822,6 +841,12 @@ fn claim(run_id: i64) -> Option<Runner> {
         &[format!("data_drip runner: run {run_id}").into()],
     )
     .or_raise_spi();
+    claim_locked(run_id)
+}
+
+/// Move an enqueued run to running for this process, which holds the run's lock, and build its
+/// runner. None if the run is no longer enqueued.
+fn claim_locked(run_id: i64) -> Option<Runner> {
     let claimed = Spi::connect_mut(|c| {
         let t = c.update(
             &format!(
@@ -886,6 +911,9 @@ fn claim(run_id: i64) -> Option<Runner> {
         to_key,
         row_mode: def.mode == "row",
         skip_row_errors: def.on_row_error == "skip",
+        foreground: false,
+        pending: None,
+        nap: Duration::ZERO,
     })
 }
 
@@ -929,3 +957,147 @@ impl<T> OrRaiseSpi<T> for Result<T, pgrx::spi::SpiError> {
 
 #[allow(dead_code)]
 fn _assert_result(_: DripResult<()>) {}
+
+// ---------------------------------------------------------------------------------------------
+// Foreground execution (CALL drip.finish): the same batches, bookkeeping and events, driven by
+// a procedure that commits between steps. The session holds the run's lock meanwhile, so no
+// background worker touches the run.
+// ---------------------------------------------------------------------------------------------
+
+thread_local! {
+    static FOREGROUND: std::cell::RefCell<Option<Runner>> = const { std::cell::RefCell::new(None) };
+}
+
+/// What a foreground step did.
+pub(crate) enum FgStep {
+    /// A batch is marked running (committed by the caller); `fg_work` does it next.
+    Batch,
+    /// A health signal tripped; the step slept; call again.
+    Hold,
+    /// The run is finished, paused or stopped; the session let go of it.
+    Done,
+}
+
+/// Take a run for this session: it must be active and not executed by a worker.
+pub(crate) fn fg_begin(run_id: i64) -> DripResult<()> {
+    let got = Spi::get_one_with_args::<bool>(
+        "SELECT pg_catalog.pg_try_advisory_lock($1, $2)",
+        &[RUNNER_KEY.into(), run_key(run_id).into()],
+    )?
+    .unwrap_or(false);
+    if !got {
+        return Err(DripError::RunBusy(run_id));
+    }
+    // If anything below fails, or a later step is cancelled, let go of the lock so a
+    // background worker can take the run over.
+    release_on_abort(run_id);
+    Spi::run_with_args(
+        "UPDATE drip.runs SET status = 'enqueued' WHERE id = $1 AND status IN ('pending', 'paused', 'running')",
+        &[run_id.into()],
+    )?;
+    let mut runner = claim_locked(run_id).ok_or_else(|| DripError::WrongStatus {
+        action: "finish",
+        run_id,
+        status: "finished".into(),
+    })?;
+    runner.foreground = true;
+    runner.stmts = StatementCache::default();
+    FOREGROUND.with(|f| *f.borrow_mut() = Some(runner));
+    Ok(())
+}
+
+fn fg_release(run_id: i64) {
+    FOREGROUND.with(|f| f.borrow_mut().take());
+    wake::release_session_advisory(RUNNER_KEY, run_key(run_id));
+}
+
+fn with_runner<R>(run_id: i64, f: impl FnOnce(&mut Runner) -> R) -> DripResult<R> {
+    FOREGROUND.with(|cell| {
+        let mut guard = cell.borrow_mut();
+        match guard.as_mut() {
+            Some(r) if r.run_id == run_id => Ok(f(r)),
+            _ => Err(DripError::BadOption(format!(
+                "run {run_id} is not being finished in this session"
+            ))),
+        }
+    })
+}
+
+/// Each step transaction lets go of the run if it is cancelled or fails.
+fn release_on_abort(run_id: i64) {
+    pgrx::register_xact_callback(pgrx::PgXactCallbackEvent::Abort, move || {
+        // Inside an abort: keep clear of SPI (freeing the runner's kept plans); leak them.
+        if let Some(r) = FOREGROUND.with(|f| f.borrow_mut().take()) {
+            std::mem::forget(r);
+        }
+        wake::release_session_advisory(RUNNER_KEY, run_key(run_id));
+    });
+}
+
+/// Mark the next batch (or finish, or hold).
+pub(crate) fn fg_step(run_id: i64) -> DripResult<FgStep> {
+    release_on_abort(run_id);
+    with_runner(run_id, |r| {
+        let nap = std::mem::take(&mut r.nap);
+        r.sleep(nap);
+    })?;
+    let step = with_runner(run_id, |r| r.mark_next())?;
+    Ok(match step {
+        Step::Batch(b, settings) => {
+            with_runner(run_id, |r| r.pending = Some((b, settings)))?;
+            FgStep::Batch
+        }
+        Step::Hold(wait) => {
+            with_runner(run_id, |r| r.sleep(wait))?;
+            FgStep::Hold
+        }
+        Step::Exit => {
+            fg_release(run_id);
+            FgStep::Done
+        }
+    })
+}
+
+/// Do the marked batch. An ERROR in it rolls back only the batch (a subtransaction); it is
+/// recorded and retried like in the background, or fails the run.
+pub(crate) fn fg_work(run_id: i64) -> DripResult<FgStep> {
+    release_on_abort(run_id);
+    let finished = with_runner(run_id, |r| {
+        let Some((batch, settings)) = r.pending.take() else {
+            return false;
+        };
+        match subxact::try_in_subtransaction(|| r.work(&batch, &settings)) {
+            Ok(failed_rows) => {
+                r.cursor = Some(batch.high.clone());
+                r.retry = None;
+                if failed_rows > 0 && !r.skip_row_errors {
+                    let message = format!(
+                        "{failed_rows} row(s) of batch {} failed; see drip.row_errors",
+                        batch.no
+                    );
+                    fail_run(r.run_id, &message);
+                    return true;
+                }
+                r.nap = settings.sleep;
+                false
+            }
+            Err(e) => {
+                if r.record_failure(&batch, &e) {
+                    return true;
+                }
+                r.retry = Some(Batch {
+                    attempts: batch.attempts + 1,
+                    keys: 0,
+                    ..batch.clone()
+                });
+                r.nap = backoff(batch.attempts);
+                false
+            }
+        }
+    })?;
+    if finished {
+        fg_release(run_id);
+        return Ok(FgStep::Done);
+    }
+    Ok(FgStep::Batch)
+}

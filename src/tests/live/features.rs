@@ -416,3 +416,66 @@ fn element_mode_runs_each_row_in_its_own_subtransaction() {
     );
     assert_eq!(db.sqlstate("SELECT drip.retry_rows(987654321)"), "42704");
 }
+
+#[test]
+fn finish_runs_the_rest_in_the_foreground() {
+    let mut db = db();
+    db.exec(
+        "CREATE TABLE fin_t (id int PRIMARY KEY, n int NOT NULL DEFAULT 0);
+         INSERT INTO fin_t (id) SELECT g FROM generate_series(1, 400) g;
+         SELECT drip.register('fin', 'fin_t', 'SET n = n + 1 + (SELECT 0 FROM pg_sleep(0.05))',
+             batch_size => 20, sleep => '0');",
+    );
+    // Pending for an hour; finish runs it now, in this session.
+    let run = db.start("SELECT drip.start('fin', start_at => now() + interval '1 hour')");
+    let mut watcher = connect();
+    let caller = std::thread::spawn(move || {
+        let mut c = connect();
+        c.batch_execute(&format!("CALL drip.finish({run})"))
+    });
+    // Meanwhile no background runner touches the run.
+    let mut saw_running = false;
+    while !caller.is_finished() {
+        let bg: i64 = watcher
+            .query_one(
+                &format!("SELECT count(*) FROM pg_stat_activity WHERE application_name = 'data_drip runner: run {run}'"),
+                &[],
+            )
+            .unwrap()
+            .get(0);
+        assert_eq!(bg, 0, "a background runner took the run");
+        let status: String = watcher
+            .query_one("SELECT status FROM drip.runs WHERE id = $1", &[&run])
+            .unwrap()
+            .get(0);
+        saw_running |= status == "running";
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    caller.join().unwrap().unwrap();
+    assert!(saw_running);
+    assert_eq!(db.status(run), "completed");
+    assert_eq!(db.i64("SELECT count(*) FROM fin_t WHERE n = 1"), 400);
+    assert_eq!(
+        db.i64(&format!(
+            "SELECT count(*) FROM drip.batches WHERE run_id = {run} AND status = 'completed'"
+        )),
+        20
+    );
+    assert_eq!(
+        db.i64(&format!(
+            "SELECT count(*) FROM drip.events WHERE run_id = {run} AND event = 'batch_completed'"
+        )),
+        20
+    );
+    // A run a background worker is executing is refused; a finished one too.
+    db.exec("SELECT drip.register('fin2', 'fin_t', 'SET n = n + 1', batch_size => 10, sleep => '1 second')");
+    let run2 = db.start("SELECT drip.start('fin2')");
+    db.wait_for(run2, &["running"], Duration::from_secs(5));
+    assert_eq!(db.sqlstate(&format!("CALL drip.finish({run2})")), "55006");
+    db.exec(&format!("SELECT drip.pause({run2})"));
+    std::thread::sleep(Duration::from_millis(600));
+    db.exec(&format!("CALL drip.finish({run2})"));
+    assert_eq!(db.status(run2), "completed");
+    assert_eq!(db.i64("SELECT count(*) FROM fin_t WHERE n = 2"), 400);
+    assert_eq!(db.sqlstate(&format!("CALL drip.finish({run})")), "55000");
+}
