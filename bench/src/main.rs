@@ -731,6 +731,30 @@ fn impact(b: &mut Bench, dir: &Path) {
     }
 }
 
+/// Rows per second of the batches in the first and last tenth of a backfill's latest run, from
+/// drip.batches (each batch's duration runs from its marker to its completion): flat means no
+/// slowdown as the cursor advances.
+fn decile_rates(b: &mut Bench, backfill: &str) -> (f64, f64) {
+    let r = b
+        .c
+        .query_one(
+            "WITH x AS (SELECT rows, extract(epoch FROM duration)::float8 AS s,
+                               ntile(10) OVER (ORDER BY batch_no) AS d
+                        FROM drip.batches
+                        WHERE run_id = (SELECT max(id) FROM drip.runs WHERE backfill = $1)
+                          AND status = 'completed')
+             SELECT (sum(rows) FILTER (WHERE d = 1))::float8 / sum(s) FILTER (WHERE d = 1),
+                    (sum(rows) FILTER (WHERE d = 10))::float8 / sum(s) FILTER (WHERE d = 10)
+             FROM x",
+            &[&backfill],
+        )
+        .unwrap();
+    (
+        r.get::<_, Option<f64>>(0).unwrap_or(0.0),
+        r.get::<_, Option<f64>>(1).unwrap_or(0.0),
+    )
+}
+
 fn main() {
     let scales: Vec<i64> = env_or("BENCH_SCALES", "10")
         .split_whitespace()
@@ -744,16 +768,21 @@ fn main() {
     std::fs::create_dir_all(&dir).unwrap();
     println!("## Results\n");
     println!("Machine: {}.", machine());
-    let mut per_row: Vec<(i64, f64)> = Vec::new();
+    // (scale, data_drip rows/s, PL/pgSQL rows/s, first-tenth batch rate, last-tenth batch rate)
+    let mut per_row: Vec<(i64, f64, f64, f64, f64)> = Vec::new();
     for (i, scale) in scales.iter().enumerate() {
         let mut b = setup(*scale, &dir);
         if i == 0 {
             println!("\nPostgreSQL settings: {}.", settings(&mut b));
             let results = throughput(&mut b, rounds);
             print_throughput(*scale, &results);
+            let (first, last) = decile_rates(&mut b, "b1000");
             per_row.push((
                 *scale,
                 mean(&results["4a. data_drip batch 1000, sleep 0"]).rows_per_sec(),
+                mean(&results["2. PL/pgSQL loop, batch 1000, COMMIT per batch"]).rows_per_sec(),
+                first,
+                last,
             ));
             boundary_plan(&mut b);
             overhead(&mut b);
@@ -764,16 +793,27 @@ fn main() {
             let m = b.measure("4a. data_drip batch 1000, sleep 0", 1, |b| {
                 drip_run(b, "b1000", "SELECT drip.start('b1000')")
             });
-            per_row.push((*scale, m.rows_per_sec()));
+            let p = b.measure("2. PL/pgSQL loop, batch 1000, COMMIT per batch", 1, |b| {
+                plpgsql_loop(b, 1000)
+            });
+            let (first, last) = decile_rates(&mut b, "b1000");
+            per_row.push((*scale, m.rows_per_sec(), p.rows_per_sec(), first, last));
         }
         drop(b);
     }
     if per_row.len() > 1 {
-        println!("\n### Scaling: data_drip batch 1000, sleep 0\n");
-        println!("| scale | rows/s | vs -s {} |", per_row[0].0);
-        println!("|---:|---:|---:|");
-        for (s, r) in &per_row {
-            println!("| {s} | {r:.0} | {:.2}× |", r / per_row[0].1);
+        println!("\n### Scaling: batch 1000, sleep 0\n");
+        println!(
+            "| scale | data_drip rows/s | vs -s {} | PL/pgSQL loop rows/s | data_drip vs loop | batch rate, first tenth of the run (rows/s) | batch rate, last tenth |",
+            per_row[0].0
+        );
+        println!("|---:|---:|---:|---:|---:|---:|---:|");
+        for (s, r, p, first, last) in &per_row {
+            println!(
+                "| {s} | {r:.0} | {:.2}× | {p:.0} | {:.2}× | {first:.0} | {last:.0} |",
+                r / per_row[0].1,
+                r / p
+            );
         }
     }
 }

@@ -10,3 +10,4 @@ pub mod timeout;
 pub mod transaction;
 pub mod types;
 pub mod wake;
+pub mod worker_args;
