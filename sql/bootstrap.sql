@@ -61,6 +61,8 @@ CREATE TABLE drip.runs (
     throttled      text,
     to_key         text[],
     follow_inserts boolean NOT NULL DEFAULT false,
+    parallel       integer NOT NULL DEFAULT 1,
+    next_batch_no  bigint NOT NULL DEFAULT 1,
     after_run      bigint,
     cursor         text[],
     rows_done      bigint NOT NULL DEFAULT 0,
@@ -101,6 +103,7 @@ CREATE TABLE drip.batches (
     high_key     text[] NOT NULL,
     rows         bigint,
     batch_size   integer,
+    slice        integer,
     status       text NOT NULL CHECK (status IN ('running', 'completed', 'failed')),
     attempts     integer NOT NULL DEFAULT 1,
     started_at   timestamptz NOT NULL DEFAULT clock_timestamp(),
@@ -112,6 +115,18 @@ CREATE TABLE drip.batches (
 );
 
 COMMENT ON TABLE drip.batches IS 'Every batch of every run: key range (low_key exclusive, high_key inclusive), rows, status and errors.';
+
+-- Parallel runs: the key range split into contiguous slices, each walked by its own worker.
+CREATE TABLE drip.slices (
+    run_id     bigint NOT NULL,
+    slice      integer NOT NULL,
+    low_key    text[],           -- exclusive; NULL: from the first key
+    high_key   text[],           -- inclusive; NULL: to the last key
+    cursor     text[],           -- last key done in this slice
+    done       boolean NOT NULL DEFAULT false,
+    PRIMARY KEY (run_id, slice)
+);
+COMMENT ON TABLE drip.slices IS 'Slices of parallel runs (start(..., parallel => N)): contiguous key ranges, one worker and one cursor each.';
 
 CREATE TABLE drip.row_errors (
     run_id       bigint NOT NULL,
@@ -166,13 +181,16 @@ CREATE POLICY runs_visible ON drip.runs FOR SELECT USING (drip.may_control(owner
 ALTER TABLE drip.batches ENABLE ROW LEVEL SECURITY;
 CREATE POLICY batches_visible ON drip.batches FOR SELECT
     USING (EXISTS (SELECT 1 FROM drip.runs r WHERE r.id = run_id));
+ALTER TABLE drip.slices ENABLE ROW LEVEL SECURITY;
+CREATE POLICY slices_visible ON drip.slices FOR SELECT
+    USING (EXISTS (SELECT 1 FROM drip.runs r WHERE r.id = run_id));
 ALTER TABLE drip.row_errors ENABLE ROW LEVEL SECURITY;
 CREATE POLICY row_errors_visible ON drip.row_errors FOR SELECT
     USING (EXISTS (SELECT 1 FROM drip.runs r WHERE r.id = run_id));
 ALTER TABLE drip.events ENABLE ROW LEVEL SECURITY;
 CREATE POLICY events_visible ON drip.events FOR SELECT
     USING (EXISTS (SELECT 1 FROM drip.runs r WHERE r.id = run_id));
-GRANT SELECT ON drip.backfills, drip.runs, drip.batches, drip.row_errors, drip.events TO PUBLIC;
+GRANT SELECT ON drip.backfills, drip.runs, drip.batches, drip.slices, drip.row_errors, drip.events TO PUBLIC;
 
 SELECT pg_catalog.pg_extension_config_dump('drip.backfills', '');
 SELECT pg_catalog.pg_extension_config_dump('drip.runs', '');
@@ -180,4 +198,5 @@ SELECT pg_catalog.pg_extension_config_dump('drip.batches', '');
 SELECT pg_catalog.pg_extension_config_dump('drip.runs_id_seq', '');
 SELECT pg_catalog.pg_extension_config_dump('drip.events', '');
 SELECT pg_catalog.pg_extension_config_dump('drip.row_errors', '');
+SELECT pg_catalog.pg_extension_config_dump('drip.slices', '');
 SELECT pg_catalog.pg_extension_config_dump('drip.events_id_seq', '');

@@ -323,12 +323,14 @@ fn start(
     to_key: default!(Option<&str>, "NULL"),
     follow_inserts: default!(bool, false),
     after: default!(Option<i64>, "NULL"),
+    parallel: default!(i32, 1),
 ) -> i64 {
     let range = RunRange {
         from_key,
         to_key,
         follow_inserts,
         after,
+        parallel,
     };
     let overrides = RunOverrides {
         batch_size,
@@ -356,6 +358,101 @@ struct RunRange<'a> {
     follow_inserts: bool,
     /// Start only once this run has completed.
     after: Option<i64>,
+    /// Split the range into this many slices, each with its own worker.
+    parallel: i32,
+}
+
+/// Split keys that cut `(from, to]` into `n` slices of about the same number of keys.
+fn split_points(
+    compiled: &compile::Compiled,
+    from: Option<&Vec<String>>,
+    to: Option<&Vec<String>>,
+    n: i32,
+) -> DripResult<Vec<Vec<String>>> {
+    let cols: Vec<String> = compiled
+        .keys
+        .iter()
+        .map(|k| pgrx::spi::quote_identifier(&k.name))
+        .collect();
+    let k = cols.len();
+    let row = |ps: Vec<String>| {
+        if ps.len() == 1 {
+            ps[0].clone()
+        } else {
+            format!("({})", ps.join(", "))
+        }
+    };
+    let keys = row(cols.clone());
+    let mut conds = Vec::new();
+    let mut args: Vec<pgrx::datum::DatumWithOid> = Vec::new();
+    for (bound, op) in [(from, ">"), (to, "<=")] {
+        if let Some(vals) = bound {
+            let first = args.len() + 1;
+            conds.push(format!(
+                "{keys} {op} {}",
+                row((first..first + k).map(|i| format!("${i}")).collect())
+            ));
+            for (col, v) in compiled.keys.iter().zip(vals) {
+                args.push(types::input_datum(col.type_oid, Some(v), &col.name)?);
+            }
+        }
+    }
+    let filter = if conds.is_empty() {
+        String::new()
+    } else {
+        format!(" WHERE {}", conds.join(" AND "))
+    };
+    let total = Spi::get_one_with_args::<i64>(
+        &format!("SELECT count(*) FROM {}{filter}", compiled.relation),
+        &args,
+    )?
+    .unwrap_or(0);
+    let as_text = cols
+        .iter()
+        .map(|c| format!("drip_rows.{c}::text"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let order = cols
+        .iter()
+        .map(|c| format!("drip_rows.{c}"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let sql = format!(
+        "SELECT {as_text} FROM {} AS drip_rows{filter} ORDER BY {order} OFFSET ${} LIMIT 1",
+        compiled.relation,
+        args.len() + 1
+    );
+    let mut points: Vec<Vec<String>> = Vec::new();
+    for i in 1..n as i64 {
+        let offset = i * total / n as i64 - 1;
+        if offset < 0 {
+            continue;
+        }
+        // Rebuild the bound arguments (a DatumWithOid is not Clone).
+        let mut a: Vec<pgrx::datum::DatumWithOid> = Vec::new();
+        for vals in [from, to].into_iter().flatten() {
+            for (col, v) in compiled.keys.iter().zip(vals) {
+                a.push(types::input_datum(col.type_oid, Some(v), &col.name)?);
+            }
+        }
+        a.push(offset.into());
+        let point = Spi::connect(|c| {
+            let t = c.select(sql.as_str(), None, &a)?;
+            match t.into_iter().next() {
+                Some(r) => (1..=k)
+                    .map(|j| r.get::<String>(j).map(|v| v.unwrap_or_default()))
+                    .collect::<Result<Vec<_>, _>>()
+                    .map(Some),
+                None => Ok(None),
+            }
+        })?;
+        if let Some(p) = point {
+            if points.last() != Some(&p) {
+                points.push(p);
+            }
+        }
+    }
+    Ok(points)
 }
 
 /// Key values given as text: a JSON array for a composite key, or one value.
@@ -488,6 +585,12 @@ fn start_impl(
         Ok(definition)
     })?;
     overrides.check()?;
+    if !(1..=64).contains(&range.parallel) {
+        return Err(DripError::BadOption(format!(
+            "parallel must be between 1 and 64, got {}",
+            range.parallel
+        )));
+    }
     let throttle_query = overrides
         .throttle_query
         .map(compile::throttle_query)
@@ -517,6 +620,16 @@ fn start_impl(
         None if range.follow_inserts => None,
         None => largest_key(&compiled)?,
     };
+    let splits = if range.parallel > 1 {
+        split_points(
+            &compiled,
+            from_key.as_ref(),
+            to_key.as_ref(),
+            range.parallel,
+        )?
+    } else {
+        Vec::new()
+    };
     if let Some(after) = range.after {
         security::as_catalog(|| {
             let awaited = catalog::lock_run(after)?;
@@ -531,13 +644,13 @@ fn start_impl(
                 "INSERT INTO drip.runs (backfill, status, params, batch_size, sleep, definition, note, \
                  start_at, rows_estimated, lock_timeout, statement_timeout, owner, started_by, \
                  target_batch_time, min_batch_size, max_batch_size, max_replica_lag, throttle_query, \
-                 cursor, to_key, follow_inserts, after_run) \
+                 cursor, to_key, follow_inserts, after_run, parallel) \
              SELECT b.name, CASE WHEN $5 > now() OR $20::bigint IS NOT NULL THEN 'pending' ELSE 'enqueued' END, $2, \
                     coalesce($3, b.batch_size), coalesce($4, b.sleep), $6, $7, $5, $8, \
                     coalesce($9, b.lock_timeout), coalesce($10, b.statement_timeout), b.owner, $11, \
                     coalesce($12, b.target_batch_time), coalesce($13, b.min_batch_size), \
                     coalesce($14, b.max_batch_size), coalesce($15, b.max_replica_lag), \
-                    coalesce($16, b.throttle_query), $17, $18, $19, $20 \
+                    coalesce($16, b.throttle_query), $17, $18, $19, $20, $21 \
              FROM drip.backfills b WHERE b.name = $1 \
              RETURNING {}",
                 catalog::RUN_COLUMNS
@@ -564,11 +677,24 @@ fn start_impl(
                 to_key.clone().into(),
                 range.follow_inserts.into(),
                 range.after.into(),
+                (splits.len() as i32 + if range.parallel > 1 { 1 } else { 0 }).max(1).into(),
             ],
         )?;
         Ok::<_, DripError>(catalog::runs_from(t)?.pop())
         })?
         .ok_or_else(|| DripError::UnknownBackfill(name.to_string()))?;
+        if range.parallel > 1 {
+            // Slice i covers (bound i-1, bound i]: the run's range cut at the split keys.
+            let mut bounds: Vec<Option<Vec<String>>> = vec![from_key.clone()];
+            bounds.extend(splits.iter().cloned().map(Some));
+            bounds.push(to_key.clone());
+            for (i, w) in bounds.windows(2).enumerate() {
+                Spi::run_with_args(
+                    "INSERT INTO drip.slices (run_id, slice, low_key, high_key) VALUES ($1, $2, $3, $4)",
+                    &[row.id.into(), (i as i32).into(), w[0].clone().into(), w[1].clone().into()],
+                )?;
+            }
+        }
         catalog::notify_run(&row, None)?;
         Ok(row)
     })?;

@@ -62,6 +62,17 @@ impl Rng {
 
 /// Create database `db` with the extension and the counted table, register `action`.
 fn setup(cluster: &Cluster, db: &str, action: &str, extra_sql: &str) -> i64 {
+    setup_parallel(cluster, db, action, extra_sql, 1)
+}
+
+/// `setup`, starting the run with `parallel` slices.
+fn setup_parallel(
+    cluster: &Cluster,
+    db: &str,
+    action: &str,
+    extra_sql: &str,
+    parallel: i32,
+) -> i64 {
     let mut admin = cluster.connect("postgres");
     // Two calls: DROP/CREATE DATABASE refuse a multi-statement (implicit transaction) string.
     admin
@@ -85,7 +96,7 @@ fn setup(cluster: &Cluster, db: &str, action: &str, extra_sql: &str) -> i64 {
         &[&action, &SCOPE, &(BATCH as i32)],
     )
     .unwrap();
-    c.query_one("SELECT drip.start('count')", &[])
+    c.query_one("SELECT drip.start('count', parallel => $1)", &[&parallel])
         .unwrap()
         .get(0)
 }
@@ -245,17 +256,32 @@ fn scenario(
     rng: &mut Rng,
     name: &str,
     count: usize,
+    fault: impl FnMut(&Cluster, &str) -> bool,
+    after_fault: impl Fn(&Cluster, &str),
+) {
+    scenario_parallel(cluster, rng, name, count, 1, fault, after_fault)
+}
+
+/// `scenario` with the run split into `parallel` slices, each with its own worker.
+#[allow(clippy::too_many_arguments)]
+fn scenario_parallel(
+    cluster: &Cluster,
+    rng: &mut Rng,
+    name: &str,
+    count: usize,
+    parallel: i32,
     mut fault: impl FnMut(&Cluster, &str) -> bool,
     after_fault: impl Fn(&Cluster, &str),
 ) {
     let db = format!("f_{name}");
     // The uncorrelated sub-select runs once per batch: ~20 ms of work per batch, so most faults
     // land while a batch is in flight rather than in the 10 ms sleep between batches.
-    let run = setup(
+    let run = setup_parallel(
         cluster,
         &db,
         "SET n = n + 1 + (SELECT 0 FROM pg_sleep(0.02))",
         "",
+        parallel,
     );
     let mut injected = 0;
     for _ in 0..count {
@@ -279,10 +305,12 @@ fn scenario(
     );
     let rep = verify(cluster, &db, run, None);
     assert_report(name, injected, &rep, "completed");
-    assert_eq!(
-        rep.completed_batches,
-        ROWS / BATCH,
-        "{name}: one completed batch per key range"
+    // One completed batch per key range (slices may cut a batch in two at their borders).
+    let expected = ROWS / BATCH;
+    assert!(
+        (expected..expected + parallel as i64).contains(&rep.completed_batches),
+        "{name}: {} completed batches for {expected} key ranges",
+        rep.completed_batches
     );
 }
 
@@ -386,6 +414,24 @@ fn fault_injection_suite() {
         &mut rng,
         "terminate_worker",
         4,
+        terminate_runner,
+        nothing,
+    );
+    scenario_parallel(
+        &cluster,
+        &mut rng,
+        "sigkill_worker_parallel",
+        3,
+        2,
+        kill_runner,
+        nothing,
+    );
+    scenario_parallel(
+        &cluster,
+        &mut rng,
+        "terminate_worker_parallel",
+        4,
+        3,
         terminate_runner,
         nothing,
     );

@@ -30,6 +30,16 @@ fn begin(run_id: i64) -> DripResult<()> {
                 status: run.status.as_str().to_string(),
             });
         }
+        let parallel = Spi::get_one_with_args::<i32>(
+            "SELECT parallel FROM drip.runs WHERE id = $1",
+            &[run_id.into()],
+        )?
+        .unwrap_or(1);
+        if parallel > 1 {
+            return Err(DripError::BadOption(format!(
+                "run {run_id} is a parallel run ({parallel} slices); drip.finish runs only single-worker runs"
+            )));
+        }
         Ok(())
     })?;
     security::as_catalog(|| runner::fg_begin(run_id))

@@ -50,14 +50,22 @@ pub fn launch_scheduler_tracked(db: pg_sys::Oid) -> Option<DynamicBackgroundWork
 
 /// Start a runner for `run_id`; the scheduler (`notify_pid`) is woken when it starts and stops.
 /// The handle tells whether it is still alive.
-pub fn launch_runner(db: pg_sys::Oid, run_id: i64) -> Option<DynamicBackgroundWorker> {
+pub fn launch_runner(
+    db: pg_sys::Oid,
+    run_id: i64,
+    slice: Option<i32>,
+) -> Option<DynamicBackgroundWorker> {
+    let extra = match slice {
+        None => db.to_u32().to_string(),
+        Some(n) => format!("{}:{n}", db.to_u32()),
+    };
     BackgroundWorkerBuilder::new(&format!("data_drip runner for run {run_id}"))
         .set_type("data_drip runner")
         .set_library("data_drip")
         .set_function("drip_runner_main")
         .enable_spi_access()
         .set_argument(run_id.into_datum())
-        .set_extra(&db.to_u32().to_string())
+        .set_extra(&extra)
         .set_notify_pid(wake::my_pid())
         .set_restart_time(None)
         .load_dynamic()
@@ -98,13 +106,22 @@ pub fn recover_on_commit() -> DripResult<()> {
     Ok(())
 }
 
-/// The worker's own database oid from its extra bytes (runner) — see `launch_runner`.
+/// The worker's own database oid from its extra bytes ("db" or "db:slice", see
+/// `launch_runner`).
 pub fn database_from_extra() -> Option<pg_sys::Oid> {
     BackgroundWorker::get_extra()
-        .trim()
-        .parse::<u32>()
-        .ok()
+        .split(':')
+        .next()
+        .and_then(|d| d.trim().parse::<u32>().ok())
         .map(pg_sys::Oid::from)
+}
+
+/// The slice a runner walks, if it was started for one slice of a parallel run.
+pub fn slice_from_extra() -> Option<i32> {
+    BackgroundWorker::get_extra()
+        .split(':')
+        .nth(1)
+        .and_then(|s| s.trim().parse().ok())
 }
 
 /// Decode a worker's main argument (see `pg::worker_args`).

@@ -28,7 +28,7 @@ use crate::pg::{signals, subxact, timeout, transaction, types, wake};
 use crate::status::{BatchStatus, RunStatus};
 use crate::throttle;
 use crate::worker::launch;
-use crate::worker::locks::{run_key, RUNNER_KEY};
+use crate::worker::locks::{run_key, runner_lock, RUNNER_KEY};
 use crate::worker::statements::StatementCache;
 
 /// How often a long sleep between batches looks at the run's status.
@@ -57,7 +57,8 @@ pub extern "C-unwind" fn drip_runner_main(arg: pg_sys::Datum) {
         return;
     }
 
-    let runner = match transaction::run(|| claim(run_id)) {
+    let slice = launch::slice_from_extra();
+    let runner = match transaction::run(|| claim(run_id, slice)) {
         Ok(Some(r)) => r,
         Ok(None) => return,
         Err(e) => {
@@ -99,8 +100,8 @@ struct Runner {
     /// Adaptive sizing, while the run has a target_batch_time.
     adaptive: Option<Adaptive>,
     backfill: String,
-    /// Number of the next new batch.
-    next_no: i64,
+    /// The slice of a parallel run this runner walks (None: the whole run).
+    slice: Option<i32>,
     /// The signal the run is holding on (announced once per kind), and for how many checks.
     throttled: Option<&'static str>,
     hold_times: u32,
@@ -270,6 +271,23 @@ impl Runner {
 
         self.sync_adaptive(&settings);
         let Some((high, keys)) = self.boundary(settings.batch_size) else {
+            if let Some(n) = self.slice {
+                // This slice is done; the run completes with its last slice.
+                let left = self
+                    .stmts
+                    .run(
+                        "WITH d AS (UPDATE drip.slices SET done = true WHERE run_id = $1 AND slice = $2) \
+                         SELECT count(*) FROM drip.slices WHERE run_id = $1 AND slice <> $2 AND NOT done",
+                        &[self.run_id.into(), n.into()],
+                        |t| t.first().get_one::<i64>(),
+                    )
+                    .or_raise_spi()
+                    .unwrap_or(0);
+                if left > 0 {
+                    release_run(self.run_id);
+                    return Step::Exit;
+                }
+            }
             let done = catalog::set_run_status(&run, RunStatus::Completed, None).or_raise();
             log!(
                 "data_drip run {} completed: {} rows in {} batches",
@@ -279,12 +297,22 @@ impl Runner {
             );
             return Step::Exit;
         };
-        let no = self.next_no;
+        // Batch numbers are per run (slices share them): taken from the run row we hold locked.
+        let no = self
+            .stmts
+            .run(
+                "UPDATE drip.runs SET next_batch_no = next_batch_no + 1 WHERE id = $1 \
+                 RETURNING next_batch_no - 1",
+                &[self.run_id.into()],
+                |t| t.first().get_one::<i64>(),
+            )
+            .or_raise_spi()
+            .unwrap_or(1);
         let payload = self.batch_payload(BatchStatus::Running, no, keys);
         self.stmts
             .exec(
-                "WITH i AS (INSERT INTO drip.batches (run_id, batch_no, low_key, high_key, status, batch_size) \
-                     VALUES ($1, $2, $3, $4, 'running', $5)) \
+                "WITH i AS (INSERT INTO drip.batches (run_id, batch_no, low_key, high_key, status, batch_size, slice) \
+                     VALUES ($1, $2, $3, $4, 'running', $5, $7)) \
                  SELECT drip.emit($6)",
                 &[
                     self.run_id.into(),
@@ -293,10 +321,10 @@ impl Runner {
                     high.clone().into(),
                     settings.batch_size.into(),
                     payload.into(),
+                    self.slice.into(),
                 ],
             )
             .or_raise_spi();
-        self.next_no += 1;
         Step::Batch(
             Batch {
                 no,
@@ -599,8 +627,9 @@ impl Runner {
             .exec(
                 "WITH b AS (UPDATE drip.batches SET status = 'completed', rows = $3, \
                               finished_at = clock_timestamp() WHERE run_id = $1 AND batch_no = $2), \
-                      r AS (UPDATE drip.runs SET cursor = $4, rows_done = rows_done + $3, \
-                              rows_failed = rows_failed + $7, \
+                      s AS (UPDATE drip.slices SET cursor = $4 WHERE run_id = $1 AND slice = $8), \
+                      r AS (UPDATE drip.runs SET cursor = CASE WHEN $8::int IS NULL THEN $4 ELSE cursor END, \
+                              rows_done = rows_done + $3, rows_failed = rows_failed + $7, \
                               batches_done = batches_done + 1, batch_size = coalesce($5, batch_size) \
                             WHERE id = $1) \
                  SELECT drip.emit($6)",
@@ -612,6 +641,7 @@ impl Runner {
                     next_size.into(),
                     payload.into(),
                     failed.into(),
+                    self.slice.into(),
                 ],
             )
             .or_raise_spi();
@@ -816,13 +846,13 @@ fn fail_run(run_id: i64, message: &str) {
 
 /// Take the run's lock and move it from enqueued to running. None if another runner has it or
 /// it is no longer enqueued.
-fn claim(run_id: i64) -> Option<Runner> {
+fn claim(run_id: i64, slice: Option<i32>) -> Option<Runner> {
     // The previous runner of a resumed run may still be finishing; give it a moment.
     let deadline = Instant::now() + CLAIM_WAIT;
     loop {
         let got = Spi::get_one_with_args::<bool>(
             "SELECT pg_catalog.pg_try_advisory_lock($1, $2)",
-            &[RUNNER_KEY.into(), run_key(run_id).into()],
+            &[runner_lock(slice).into(), run_key(run_id).into()],
         )
         .or_raise_spi()
         .unwrap_or(false);
@@ -838,22 +868,35 @@ fn claim(run_id: i64) -> Option<Runner> {
     }
     Spi::run_with_args(
         "SELECT pg_catalog.set_config('application_name', $1, false)",
-        &[format!("data_drip runner: run {run_id}").into()],
+        &[match slice {
+            None => format!("data_drip runner: run {run_id}"),
+            Some(n) => format!("data_drip runner: run {run_id} slice {n}"),
+        }
+        .into()],
     )
     .or_raise_spi();
-    claim_locked(run_id)
+    claim_locked(run_id, slice)
 }
 
 /// Move an enqueued run to running for this process, which holds the run's lock, and build its
 /// runner. None if the run is no longer enqueued.
-fn claim_locked(run_id: i64) -> Option<Runner> {
+fn claim_locked(run_id: i64, slice: Option<i32>) -> Option<Runner> {
+    // A whole run is claimed when enqueued; a slice also joins a run its siblings already run.
+    let claimable = if slice.is_some() {
+        "status IN ('enqueued', 'running')"
+    } else {
+        "status = 'enqueued'"
+    };
     let claimed = Spi::connect_mut(|c| {
         let t = c.update(
             &format!(
-                "UPDATE drip.runs SET status = 'running', worker_pid = pg_backend_pid(), \
+                "WITH old AS (SELECT status FROM drip.runs WHERE id = $1 FOR NO KEY UPDATE) \
+                 UPDATE drip.runs r SET status = 'running', \
+                     worker_pid = CASE WHEN old.status = 'running' THEN r.worker_pid ELSE pg_backend_pid() END, \
                      started_at = coalesce(started_at, now()), error = NULL \
-                 WHERE id = $1 AND status = 'enqueued' \
-                 RETURNING {RUN_COLUMNS}, definition, params, cursor, to_key"
+                 FROM old WHERE r.id = $1 AND r.{claimable} \
+                 RETURNING {}, r.definition, r.params, r.cursor, r.to_key, old.status",
+                RUN_COLUMNS.split(", ").map(|c| format!("r.{c}")).collect::<Vec<_>>().join(", ")
             ),
             None,
             &[run_id.into()],
@@ -864,13 +907,42 @@ fn claim_locked(run_id: i64) -> Option<Runner> {
             let values = r.get::<JsonB>(8)?.map(|j| j.0).unwrap_or_default();
             let cursor = r.get::<Vec<String>>(9)?;
             let to_key = r.get::<Vec<String>>(10)?;
-            return Ok::<_, DripError>(Some((row, def, values, cursor, to_key)));
+            let was = r.get::<String>(11)?.unwrap_or_default();
+            return Ok::<_, DripError>(Some((row, def, values, cursor, to_key, was)));
         }
         Ok(None)
     })
     .or_raise()?;
-    let (run, def, values, cursor, to_key) = claimed;
-    catalog::notify_run(&run, None).or_raise();
+    let (run, def, values, mut cursor, mut to_key, was) = claimed;
+    if was != "running" {
+        catalog::notify_run(&run, None).or_raise();
+    }
+    if let Some(n) = slice {
+        // The slice's own range and cursor.
+        let row = Spi::connect(|c| {
+            let t = c.select(
+                "SELECT low_key, high_key, cursor, done FROM drip.slices WHERE run_id = $1 AND slice = $2",
+                None,
+                &[run_id.into(), n.into()],
+            )?;
+            match t.into_iter().next() {
+                Some(r) => Ok::<_, pgrx::spi::SpiError>(Some((
+                    r.get::<Vec<String>>(1)?,
+                    r.get::<Vec<String>>(2)?,
+                    r.get::<Vec<String>>(3)?,
+                    r.get::<bool>(4)?.unwrap_or(false),
+                ))),
+                None => Ok(None),
+            }
+        })
+        .or_raise_spi();
+        let (low, high, slice_cursor, done) = row?;
+        if done {
+            return None;
+        }
+        cursor = slice_cursor.or(low);
+        to_key = high;
+    }
 
     let def = Definition::from_json(&def).or_raise();
     let compiled = def.compile_capped(to_key.is_some()).or_raise();
@@ -886,13 +958,7 @@ fn claim_locked(run_id: i64) -> Option<Runner> {
         .collect();
 
     // A batch left running by a worker that died: record it as interrupted and do it again.
-    let retry = interrupted_batch(&run);
-    let next_no = Spi::get_one_with_args::<i64>(
-        "SELECT coalesce(max(batch_no), 0) + 1 FROM drip.batches WHERE run_id = $1",
-        &[run.id.into()],
-    )
-    .or_raise_spi()
-    .unwrap_or(1);
+    let retry = interrupted_batch(&run, slice);
     Some(Runner {
         run_id,
         compiled,
@@ -904,7 +970,7 @@ fn claim_locked(run_id: i64) -> Option<Runner> {
         search_path: def.search_path.clone(),
         adaptive: None,
         backfill: run.backfill.clone(),
-        next_no,
+        slice,
         throttled: None,
         hold_times: 0,
         stmts: StatementCache::default(),
@@ -917,13 +983,14 @@ fn claim_locked(run_id: i64) -> Option<Runner> {
     })
 }
 
-fn interrupted_batch(run: &RunRow) -> Option<Batch> {
+fn interrupted_batch(run: &RunRow, slice: Option<i32>) -> Option<Batch> {
     let found = Spi::connect_mut(|c| {
         let t = c.update(
             "UPDATE drip.batches SET status = 'failed', error = 'interrupted', finished_at = clock_timestamp() \
-             WHERE run_id = $1 AND status = 'running' RETURNING batch_no, low_key, high_key, attempts",
+             WHERE run_id = $1 AND status = 'running' AND slice IS NOT DISTINCT FROM $2 \
+             RETURNING batch_no, low_key, high_key, attempts",
             None,
-            &[run.id.into()],
+            &[run.id.into(), slice.into()],
         )?;
         let mut out = None;
         for r in t {
@@ -995,7 +1062,7 @@ pub(crate) fn fg_begin(run_id: i64) -> DripResult<()> {
         "UPDATE drip.runs SET status = 'enqueued' WHERE id = $1 AND status IN ('pending', 'paused', 'running')",
         &[run_id.into()],
     )?;
-    let mut runner = claim_locked(run_id).ok_or_else(|| DripError::WrongStatus {
+    let mut runner = claim_locked(run_id, None).ok_or_else(|| DripError::WrongStatus {
         action: "finish",
         run_id,
         status: "finished".into(),

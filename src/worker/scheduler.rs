@@ -13,7 +13,7 @@ use crate::error::OrRaise;
 use crate::guc;
 use crate::pg::{signals, transaction, wake};
 use crate::worker::launch;
-use crate::worker::locks::{RUNNER_ALIVE_SQL, SCHEDULER_KEY};
+use crate::worker::locks::{LIVE_WORKERS_SQL, RUNNER_ALIVE_SQL, SCHEDULER_KEY, SLICE_ALIVE_SQL};
 
 /// Longest sleep between ticks when nothing wakes us.
 const TICK: Duration = Duration::from_millis(1000);
@@ -42,7 +42,7 @@ pub extern "C-unwind" fn drip_scheduler_main(arg: pg_sys::Datum) {
 struct Scheduler {
     db: pg_sys::Oid,
     /// Runners started but not yet seen running: run id -> (launch time, worker handle).
-    launching: HashMap<i64, (Instant, DynamicBackgroundWorker)>,
+    launching: HashMap<(i64, Option<i32>), (Instant, DynamicBackgroundWorker)>,
     /// Started by the launcher: leave at once if the first look finds nothing to do.
     probe: bool,
 }
@@ -52,7 +52,8 @@ struct Tick {
     extension_gone: bool,
     has_work: bool,
     running: usize,
-    enqueued: Vec<i64>,
+    /// Work waiting for a worker: a run (slice None) or one slice of a parallel run.
+    enqueued: Vec<(i64, Option<i32>)>,
     next_start_in: Option<Duration>,
 }
 
@@ -177,20 +178,21 @@ impl Scheduler {
         });
         let max = guc::MAX_RUNS.get().max(0) as usize;
         let mut free = max.saturating_sub(tick.running + self.launching.len());
-        for &id in &tick.enqueued {
+        for &unit in &tick.enqueued {
             if free == 0 {
                 break;
             }
-            if self.launching.contains_key(&id) {
+            if self.launching.contains_key(&unit) {
                 continue;
             }
-            let Some(worker) = launch::launch_runner(self.db, id) else {
+            let (id, slice) = unit;
+            let Some(worker) = launch::launch_runner(self.db, id, slice) else {
                 warning!(
                     "data_drip: no background worker slot free for run {id}; it stays enqueued"
                 );
                 break;
             };
-            self.launching.insert(id, (Instant::now(), worker));
+            self.launching.insert(unit, (Instant::now(), worker));
             free -= 1;
         }
     }
@@ -308,22 +310,27 @@ fn tick() -> Tick {
         catalog::notify_run(&row, None).or_raise();
     }
     let (running, enqueued, next_ms) = Spi::connect(|c| {
-        let running = c
-            .select(
-                "SELECT count(*) FROM drip.runs WHERE status = 'running'",
-                None,
-                &[],
-            )?
-            .first()
-            .get_one::<i64>()?
-            .unwrap_or(0);
-        let mut enqueued = Vec::new();
+        // Workers alive now (one per run, or one per slice of a parallel run).
+        let running = c.select(LIVE_WORKERS_SQL, None, &[])?.first().get_one::<i64>()?.unwrap_or(0);
+        let mut enqueued: Vec<(i64, Option<i32>)> = Vec::new();
         for r in c.select(
-            "SELECT id FROM drip.runs WHERE status = 'enqueued' ORDER BY id",
+            "SELECT id FROM drip.runs WHERE status = 'enqueued' AND parallel = 1 ORDER BY id",
             None,
             &[],
         )? {
-            enqueued.push(r.get::<i64>(1)?.unwrap_or_default());
+            enqueued.push((r.get::<i64>(1)?.unwrap_or_default(), None));
+        }
+        // Slices of parallel runs without a live worker.
+        for r in c.select(
+            &format!(
+                "SELECT s.run_id, s.slice FROM drip.slices s JOIN drip.runs r ON r.id = s.run_id \
+                 WHERE r.status IN ('enqueued', 'running') AND NOT s.done AND NOT {SLICE_ALIVE_SQL} \
+                 ORDER BY s.run_id, s.slice"
+            ),
+            None,
+            &[],
+        )? {
+            enqueued.push((r.get::<i64>(1)?.unwrap_or_default(), r.get::<i32>(2)?));
         }
         let next_ms = c
             .select(

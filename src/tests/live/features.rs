@@ -479,3 +479,84 @@ fn finish_runs_the_rest_in_the_foreground() {
     assert_eq!(db.i64("SELECT count(*) FROM fin_t WHERE n = 2"), 400);
     assert_eq!(db.sqlstate(&format!("CALL drip.finish({run})")), "55000");
 }
+
+#[test]
+fn parallel_slices_split_the_range_between_workers() {
+    let mut db = db();
+    db.exec(
+        "CREATE TABLE par2_t (id int PRIMARY KEY, n int NOT NULL DEFAULT 0, who int);
+         INSERT INTO par2_t (id) SELECT g FROM generate_series(1, 3000) g;
+         SELECT drip.register('par2', 'par2_t', 'SET n = n + 1, who = pg_backend_pid()',
+             batch_size => 100, sleep => '50 milliseconds');",
+    );
+    let run = db.start("SELECT drip.start('par2', parallel => 2)");
+    // Two workers at once, one per slice.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut both = false;
+    while !both && Instant::now() < deadline {
+        both = db.i64(&format!(
+            "SELECT count(*) FROM pg_stat_activity WHERE application_name LIKE 'data_drip runner: run {run} slice %'"
+        )) == 2;
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(both, "never saw two slice workers");
+    // Pause and resume act on the whole run.
+    assert_eq!(db.text(&format!("SELECT drip.pause({run})")), "paused");
+    std::thread::sleep(Duration::from_millis(800));
+    assert_eq!(
+        db.i64(&format!("SELECT count(*) FROM pg_stat_activity WHERE application_name LIKE 'data_drip runner: run {run}%'")),
+        0
+    );
+    assert_eq!(db.text(&format!("SELECT drip.resume({run})")), "enqueued");
+    assert_eq!(db.wait_done(run), "completed");
+    // Every row exactly once, by two processes; batches record their slice; slices are
+    // contiguous, and each one's batches are contiguous within it.
+    assert_eq!(db.i64("SELECT count(*) FROM par2_t WHERE n <> 1"), 0);
+    assert!(
+        db.i64("SELECT count(DISTINCT who) FROM par2_t") >= 2,
+        "one process did it all"
+    );
+    assert_eq!(
+        db.i64(&format!("SELECT rows_done FROM drip.runs WHERE id = {run}")),
+        3000
+    );
+    assert_eq!(
+        db.i64(&format!(
+            "SELECT count(*) FROM drip.slices WHERE run_id = {run} AND done"
+        )),
+        2
+    );
+    assert_eq!(
+        db.i64(&format!(
+            "SELECT count(DISTINCT slice) FROM drip.batches WHERE run_id = {run}"
+        )),
+        2
+    );
+    assert_eq!(
+        db.i64(&format!(
+            "SELECT count(*) FROM drip.batches b WHERE run_id = {run} AND status = 'completed' AND
+               low_key IS DISTINCT FROM coalesce(
+                 (SELECT p.high_key FROM drip.batches p WHERE p.run_id = b.run_id AND p.slice = b.slice
+                    AND p.status = 'completed' AND p.high_key[1]::int < b.high_key[1]::int
+                  ORDER BY p.high_key[1]::int DESC LIMIT 1),
+                 (SELECT s.low_key FROM drip.slices s WHERE s.run_id = b.run_id AND s.slice = b.slice))"
+        )),
+        0
+    );
+    assert_eq!(
+        db.i64(&format!(
+            "SELECT count(DISTINCT batch_no) FROM drip.batches WHERE run_id = {run}"
+        )),
+        db.i64(&format!(
+            "SELECT count(*) FROM drip.batches WHERE run_id = {run}"
+        ))
+    );
+    assert_eq!(
+        db.sqlstate("SELECT drip.start('par2', parallel => 0)"),
+        "22023"
+    );
+    let run2 =
+        db.start("SELECT drip.start('par2', parallel => 3, start_at => now() + interval '1 hour')");
+    assert_eq!(db.sqlstate(&format!("CALL drip.finish({run2})")), "22023");
+    db.exec(&format!("SELECT drip.stop({run2})"));
+}
