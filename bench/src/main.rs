@@ -735,9 +735,8 @@ fn impact(b: &mut Bench, dir: &Path) {
 /// drip.batches (each batch's duration runs from its marker to its completion): flat means no
 /// slowdown as the cursor advances.
 fn decile_rates(b: &mut Bench, backfill: &str) -> (f64, f64) {
-    let r = b
-        .c
-        .query_one(
+    let r =
+        b.c.query_one(
             "WITH x AS (SELECT rows, extract(epoch FROM duration)::float8 AS s,
                                ntile(10) OVER (ORDER BY batch_no) AS d
                         FROM drip.batches
@@ -755,12 +754,56 @@ fn decile_rates(b: &mut Bench, backfill: &str) -> (f64, f64) {
     )
 }
 
+/// Speed-up from splitting a run into slices: data_drip batch 1000, sleep 0, parallel 1 and 2,
+/// alternating.
+fn parallel_speedup(b: &mut Bench, rounds: usize) {
+    register(b, "bpar", ", batch_size => 1000, sleep => '0'");
+    let mut results: BTreeMap<i32, Vec<Measure>> = BTreeMap::new();
+    for round in 0..rounds.max(1) {
+        let order = if round % 2 == 0 { [1, 2] } else { [2, 1] };
+        for p in order {
+            let m = b.measure(&format!("data_drip parallel {p}"), 1, |b| {
+                drip_run(
+                    b,
+                    "bpar",
+                    &format!("SELECT drip.start('bpar', parallel => {p})"),
+                )
+            });
+            results.entry(p).or_default().push(m);
+        }
+    }
+    let one = mean(&results[&1]).rows_per_sec();
+    println!("\n### Parallel slices: data_drip batch 1000, sleep 0\n");
+    println!("| parallel | time (s) | rows/s | speed-up |");
+    println!("|---:|---:|---:|---:|");
+    for (p, ms) in &results {
+        let m = mean(ms);
+        println!(
+            "| {p} | {:.2} | {:.0} | {:.2}× |",
+            m.secs,
+            m.rows_per_sec(),
+            m.rows_per_sec() / one
+        );
+    }
+}
+
 fn main() {
     let scales: Vec<i64> = env_or("BENCH_SCALES", "10")
         .split_whitespace()
         .filter_map(|s| s.parse().ok())
         .collect();
     let rounds: usize = env_or("BENCH_ROUNDS", "2").parse().unwrap_or(2);
+    if env_or("BENCH_ONLY", "") == "parallel" {
+        let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join("..")
+            .join("target")
+            .join("bench");
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut b = setup(10, &dir);
+        println!("Machine: {}.", machine());
+        parallel_speedup(&mut b, rounds);
+        return;
+    }
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join("..")
         .join("target")
@@ -787,6 +830,7 @@ fn main() {
             boundary_plan(&mut b);
             overhead(&mut b);
             memory(&mut b);
+            parallel_speedup(&mut b, rounds);
             impact(&mut b, &dir);
         } else {
             register(&mut b, "b1000", ", batch_size => 1000, sleep => '0'");
