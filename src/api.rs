@@ -17,6 +17,15 @@ use crate::security;
 use crate::status::Control;
 use crate::worker::launch;
 
+/// Finish a SQL API call: raise its error, or else make sure a scheduler will pick up whatever
+/// waits once the transaction commits (this is also how runs resume after a restart without
+/// shared_preload_libraries).
+fn finish_call<T>(result: DripResult<T>) -> T {
+    let value = result.or_raise();
+    launch::recover_on_commit().or_raise();
+    value
+}
+
 fn check_batch_size(batch_size: i32) -> DripResult<()> {
     if batch_size < 1 {
         return Err(DripError::BadOption(format!(
@@ -121,8 +130,7 @@ fn register_internal(
         max_batch_size,
         max_replica_lag,
     };
-    register_impl(&definition, &options, replace).or_raise();
-    launch::recover_on_commit().or_raise();
+    finish_call(register_impl(&definition, &options, replace))
 }
 
 /// What `register` is asked to store.
@@ -276,8 +284,7 @@ fn insert_backfill(
 /// Forget a backfill and its finished runs. Refused while it has an active run.
 #[pg_extern(volatile, parallel_unsafe)]
 fn unregister(name: &str) {
-    unregister_impl(name).or_raise();
-    launch::recover_on_commit().or_raise();
+    finish_call(unregister_impl(name))
 }
 
 fn unregister_impl(name: &str) -> DripResult<()> {
@@ -343,9 +350,7 @@ fn start(
         max_replica_lag,
         throttle_query: throttle_query.filter(|q| !q.trim().is_empty()),
     };
-    let id = start_impl(name, params, &overrides, &range, start_at, note).or_raise();
-    launch::recover_on_commit().or_raise();
-    id
+    finish_call(start_impl(name, params, &overrides, &range, start_at, note))
 }
 
 /// Which part of the key range a run walks, and what it waits for.
@@ -750,34 +755,26 @@ fn control(run_id: i64, what: Control) -> DripResult<String> {
 /// Pause an enqueued or running run; a batch in flight finishes first. Returns the new status.
 #[pg_extern(volatile, parallel_unsafe)]
 fn pause(run_id: i64) -> String {
-    let s = control(run_id, Control::Pause).or_raise();
-    launch::recover_on_commit().or_raise();
-    s
+    finish_call(control(run_id, Control::Pause))
 }
 
 /// Resume a paused run from its cursor. Returns the new status.
 #[pg_extern(volatile, parallel_unsafe)]
 fn resume(run_id: i64) -> String {
-    let s = control(run_id, Control::Resume).or_raise();
-    launch::recover_on_commit().or_raise();
-    s
+    finish_call(control(run_id, Control::Resume))
 }
 
 /// Stop an active run for good; a batch in flight finishes first. Returns the new status.
 #[pg_extern(volatile, parallel_unsafe)]
 fn stop(run_id: i64) -> String {
-    let s = control(run_id, Control::Stop).or_raise();
-    launch::recover_on_commit().or_raise();
-    s
+    finish_call(control(run_id, Control::Stop))
 }
 
 /// Move a failed or stopped run back to enqueued; it goes on from its cursor with fresh attempts.
 /// Another active run of the same backfill blocks it. Returns the new status.
 #[pg_extern(volatile, parallel_unsafe)]
 fn retry(run_id: i64) -> String {
-    let s = retry_impl(run_id).or_raise();
-    launch::recover_on_commit().or_raise();
-    s
+    finish_call(retry_impl(run_id))
 }
 
 fn retry_impl(run_id: i64) -> DripResult<String> {
