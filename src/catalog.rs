@@ -187,14 +187,16 @@ pub fn active_run(backfill: &str) -> DripResult<Option<(i64, String)>> {
     })
 }
 
+/// A backfill row as the definition copy runs keep: the row as JSON with the relation's and
+/// owner's oids.
+const DEFINITION_SQL: &str =
+    "SELECT to_jsonb(b) || jsonb_build_object('relation_oid', b.relation::oid::bigint, \
+                                                   'owner_oid', b.owner::oid::bigint) \
+                              FROM drip.backfills b WHERE b.name = $1";
+
 /// The stored definition of a backfill as JSON, without locking it.
 pub fn definition_for_share(name: &str) -> DripResult<Value> {
-    let v = Spi::get_one_with_args::<pgrx::JsonB>(
-        "SELECT to_jsonb(b) || jsonb_build_object('relation_oid', b.relation::oid::bigint, \
-                                                 'owner_oid', b.owner::oid::bigint) \
-         FROM drip.backfills b WHERE b.name = $1",
-        &[name.into()],
-    );
+    let v = Spi::get_one_with_args::<pgrx::JsonB>(DEFINITION_SQL, &[name.into()]);
     match v {
         Ok(Some(j)) => Ok(j.0),
         Ok(None) | Err(pgrx::spi::SpiError::InvalidPosition) => {
@@ -209,9 +211,7 @@ pub fn definition_for_share(name: &str) -> DripResult<Value> {
 pub fn definition_for_update(name: &str) -> DripResult<Value> {
     let v = Spi::connect_mut(|c| {
         let t = c.update(
-            "SELECT to_jsonb(b) || jsonb_build_object('relation_oid', b.relation::oid::bigint, \
-                                                     'owner_oid', b.owner::oid::bigint) \
-             FROM drip.backfills b WHERE b.name = $1 FOR UPDATE",
+            &format!("{DEFINITION_SQL} FOR UPDATE"),
             None,
             &[name.into()],
         )?;

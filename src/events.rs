@@ -9,7 +9,6 @@ use serde_json::{json, Map, Value};
 
 use crate::error::DripResult;
 
-pub const CHANNEL: &str = "drip_events";
 /// NOTIFY payloads must be shorter than 8000 bytes; leave room for the other fields.
 pub const MAX_PAYLOAD: usize = 7900;
 const MAX_ERROR: usize = 2000;

@@ -15,7 +15,6 @@
 
 mod common;
 
-use std::path::Path;
 use std::time::{Duration, Instant};
 
 use common::{kill9, Cluster};
@@ -565,6 +564,3 @@ fn paused_run_stays_paused_across_restart(cluster: &Cluster) {
     let rep = verify(cluster, &db, run, None);
     assert_report(name, 1, &rep, "completed");
 }
-
-#[allow(dead_code)]
-fn _unused(_: &Path) {}

@@ -3,7 +3,7 @@
 
 use std::ffi::CString;
 
-use pgrx::datum::{Datum, DatumWithOid};
+use pgrx::datum::DatumWithOid;
 use pgrx::pg_sys::panic::CaughtError;
 use pgrx::prelude::*;
 use pgrx::PgSqlErrorCode;
@@ -86,7 +86,3 @@ pub fn input_datum<'a>(
     // the SPI call it is passed to.
     Ok(unsafe { DatumWithOid::new(result, oid) })
 }
-
-/// Keep the type checker honest about the Datum lifetime marker we do not otherwise use.
-#[allow(dead_code)]
-fn _datum_marker(_d: Datum<'_>) {}

@@ -1022,9 +1022,6 @@ impl<T> OrRaiseSpi<T> for Result<T, pgrx::spi::SpiError> {
     }
 }
 
-#[allow(dead_code)]
-fn _assert_result(_: DripResult<()>) {}
-
 // ---------------------------------------------------------------------------------------------
 // Foreground execution (CALL drip.finish): the same batches, bookkeeping and events, driven by
 // a procedure that commits between steps. The session holds the run's lock meanwhile, so no
