@@ -160,6 +160,45 @@ suite_faults() {
         cargo test --test faults --test replica -- --ignored --nocapture --test-threads=1 </dev/null
 }
 
+# The released 0.1.0: the v0.1.0 tag, or the commit it names when tags were not fetched.
+RELEASE_0_1_0=e525bc3b46c372735091b7faeaa232017f4553d6
+
+suite_upgrade() {
+    # Two package trees: the released 0.1.0, built from git, and this tree. tests/upgrade.rs
+    # installs one, then the other, as a package manager would.
+    local base="$ROOT/target/upgrade-build" rev
+    rev="$(git rev-parse --verify -q 'v0.1.0^{commit}' || true)"
+    if [[ -z "$rev" ]]; then
+        git cat-file -e "$RELEASE_0_1_0^{commit}" 2>/dev/null ||
+            drip_die "neither the v0.1.0 tag nor commit $RELEASE_0_1_0 is in this clone; fetch tags or full history"
+        rev="$RELEASE_0_1_0"
+    fi
+    rm -rf "$base"
+    mkdir -p "$base/src-0.1.0"
+    git archive "$rev" | tar -x -C "$base/src-0.1.0"
+    drip_log "building the released 0.1.0 ($rev)"
+    # Its own target directory: cargo-pgrx reads the schema from target/<profile>/libdata_drip.so,
+    # which two crates sharing a target directory would overwrite for each other.
+    (cd "$base/src-0.1.0" && CARGO_TARGET_DIR="$ROOT/target/upgrade-0.1.0" \
+        cargo pgrx package --debug --pg-config "$PG_CONFIG" --out-dir "$base/pkg-0.1.0" </dev/null)
+    drip_log "building this tree"
+    cargo pgrx package --debug --pg-config "$PG_CONFIG" --out-dir "$base/pkg-new" </dev/null
+
+    # A released install script never changes: the one kept in sql/ must be what 0.1.0 generates.
+    local extdir
+    extdir="$base/pkg-0.1.0$("$PG_CONFIG" --sharedir)/extension"
+    if ! diff -u sql/data_drip--0.1.0.sql "$extdir/data_drip--0.1.0.sql" >&2; then
+        drip_warn "sql/data_drip--0.1.0.sql differs from what the v0.1.0 sources generate"
+        return 1
+    fi
+    # The new package must carry every released install script and the upgrade scripts.
+    cp sql/data_drip--0.1.0.sql "$base/pkg-new$("$PG_CONFIG" --sharedir)/extension/"
+
+    DRIP_UPGRADE_OLD="$base/pkg-0.1.0" DRIP_UPGRADE_NEW="$base/pkg-new" \
+        PGRX_PG_CONFIG_PATH="$PG_CONFIG" \
+        cargo test --test upgrade -- --ignored --nocapture --test-threads=1 </dev/null
+}
+
 # ---------------------------------------------------------------------------
 
 declare -A SUITE_DESC=(
@@ -167,8 +206,9 @@ declare -A SUITE_DESC=(
     [pgrx]="cargo pgrx test pg15"
     [regress]="pg_regress pg_test/"
     [faults]="fault injection and a real standby on owned clusters (tests/faults.rs, tests/replica.rs)"
+    [upgrade]="0.1.0 -> current with runs in every state; upgraded catalog == fresh install (tests/upgrade.rs)"
 )
-ALL_SUITES=(lint pgrx regress faults)
+ALL_SUITES=(lint pgrx regress faults upgrade)
 
 if (($# > 0)); then
     SUITES=("$@")

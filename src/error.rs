@@ -84,6 +84,8 @@ pub enum DripError {
     NotCompleted { backfill: String, detail: String },
     #[error("run {0} is being executed by a background worker or another session")]
     RunBusy(i64),
+    #[error("the data_drip library is version {library} but this database's catalog is version {catalog}")]
+    CatalogVersion { library: String, catalog: String },
     #[error("{0}")]
     Internal(String),
 }
@@ -122,6 +124,7 @@ impl DripError {
             DripError::WaitTimedOut { .. } => ERRCODE_QUERY_CANCELED,
             DripError::NotCompleted { .. } => ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
             DripError::RunBusy(_) => ERRCODE_OBJECT_IN_USE,
+            DripError::CatalogVersion { .. } => ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
             DripError::Internal(_) => ERRCODE_INTERNAL_ERROR,
         }
     }
@@ -187,6 +190,9 @@ impl DripError {
             ),
             DripError::RunBusy(run_id) => format!(
                 "Pause it first (SELECT drip.pause({run_id})), then CALL drip.finish({run_id})."
+            ),
+            DripError::CatalogVersion { library, .. } => format!(
+                "Run ALTER EXTENSION data_drip UPDATE TO '{library}' in this database (the package was upgraded, the catalog not yet)."
             ),
             DripError::BadOption(_) => "batch_size must be at least 1 and sleep must not be negative.".into(),
             _ => return None,

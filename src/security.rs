@@ -9,16 +9,28 @@
 use pgrx::prelude::*;
 
 use crate::error::{DripError, DripResult};
+use crate::pg::extension;
 use crate::pg::identity::{self, Restriction, SAFE_SEARCH_PATH};
 
-/// The role that owns the catalog tables (whoever ran CREATE EXTENSION).
+/// The role that owns the catalog tables (whoever ran CREATE EXTENSION). Refuses a catalog of
+/// another version than this library: between a package upgrade and `ALTER EXTENSION data_drip
+/// UPDATE`, new code must not read or write the old catalog.
 fn catalog_owner() -> DripResult<pg_sys::Oid> {
-    Spi::get_one::<pg_sys::Oid>(
-        "SELECT c.relowner FROM pg_catalog.pg_class c \
+    let (owner, version) = Spi::get_two::<pg_sys::Oid, String>(
+        "SELECT c.relowner, (SELECT e.extversion FROM pg_catalog.pg_extension e \
+                             WHERE e.extname = 'data_drip') \
+         FROM pg_catalog.pg_class c \
          JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
          WHERE n.nspname = 'drip' AND c.relname = 'backfills'",
-    )?
-    .ok_or_else(|| DripError::Internal("drip.backfills is missing".into()))
+    )
+    .map_err(|_| DripError::Internal("drip.backfills is missing".into()))?;
+    if let Some(catalog) = version.filter(|v| v != extension::LIBRARY_VERSION) {
+        return Err(DripError::CatalogVersion {
+            library: extension::LIBRARY_VERSION.to_string(),
+            catalog,
+        });
+    }
+    owner.ok_or_else(|| DripError::Internal("drip.backfills is missing".into()))
 }
 
 /// Run catalog reads and writes as the catalog owner, with a search_path no user can plant

@@ -24,7 +24,7 @@ use crate::error::{DripError, DripResult, OrRaise};
 use crate::events;
 use crate::params;
 use crate::pg::identity::{self, Restriction};
-use crate::pg::{signals, subxact, timeout, transaction, types, wake};
+use crate::pg::{extension, signals, subxact, timeout, transaction, types, wake};
 use crate::status::{BatchStatus, RunStatus};
 use crate::throttle;
 use crate::worker::launch;
@@ -86,6 +86,10 @@ struct Batch {
 
 struct Runner {
     run_id: i64,
+    /// The catalog this runner started on; it touches nothing once that one is gone.
+    instance: extension::Instance,
+    /// Set when the work transaction found the catalog dropped or replaced.
+    gone: bool,
     compiled: Compiled,
     /// Text of each parameter value, for the type's input function.
     param_texts: Vec<Option<String>>,
@@ -193,6 +197,13 @@ impl Runner {
                         return;
                     }
                 }
+                Err(_) if self.gone => {
+                    log!(
+                        "data_drip run {}: the extension was dropped; exiting",
+                        self.run_id
+                    );
+                    return;
+                }
                 Err(e) => {
                     let gave_up = transaction::run(|| self.record_failure(&batch, &e))
                         .unwrap_or_else(|e2| {
@@ -223,6 +234,13 @@ impl Runner {
     /// the batch running. The marker commits synchronously: once batch_running was announced,
     /// the row must survive a crash so the catalog can say the attempt was interrupted.
     fn mark_next(&mut self) -> Step {
+        if !extension::still_current(&self.instance) {
+            log!(
+                "data_drip run {}: the extension was dropped; exiting",
+                self.run_id
+            );
+            return Step::Exit;
+        }
         let Some(state) = self.lock_state() else {
             release_run(self.run_id);
             return Step::Exit;
@@ -566,6 +584,10 @@ impl Runner {
     /// Transaction 2 of a batch: the work, the batch row and the cursor, committed together.
     /// Returns the number of rows that failed (element mode; 0 otherwise).
     fn work(&mut self, b: &Batch, settings: &Settings) -> i64 {
+        if !extension::still_current(&self.instance) {
+            self.gone = true;
+            DripError::Internal("the data_drip extension was dropped".into()).raise();
+        }
         const SET_LOCK_TIMEOUT: &str = "SELECT pg_catalog.set_config('lock_timeout', $1, true)";
         // A batch must lose a lock fight with live traffic, not win it.
         self.stmts
@@ -847,6 +869,13 @@ fn fail_run(run_id: i64, message: &str) {
 /// Take the run's lock and move it from enqueued to running. None if another runner has it or
 /// it is no longer enqueued.
 fn claim(run_id: i64, slice: Option<i32>) -> Option<Runner> {
+    if !extension::catalog_matches_library() {
+        log!(
+            "data_drip runner for run {run_id}: the catalog is not version {}; waiting for ALTER EXTENSION data_drip UPDATE",
+            extension::LIBRARY_VERSION
+        );
+        return None;
+    }
     // The previous runner of a resumed run may still be finishing; give it a moment.
     let deadline = Instant::now() + CLAIM_WAIT;
     loop {
@@ -961,6 +990,8 @@ fn claim_locked(run_id: i64, slice: Option<i32>) -> Option<Runner> {
     let retry = interrupted_batch(&run, slice);
     Some(Runner {
         run_id,
+        instance: extension::current()?,
+        gone: false,
         compiled,
         param_texts,
         max_attempts: def.max_attempts,

@@ -11,7 +11,7 @@ use pgrx::prelude::*;
 use crate::catalog::{self, RunRow, RUN_COLUMNS};
 use crate::error::OrRaise;
 use crate::guc;
-use crate::pg::{signals, transaction, wake};
+use crate::pg::{extension, signals, transaction, wake};
 use crate::worker::launch;
 use crate::worker::locks::{LIVE_WORKERS_SQL, RUNNER_ALIVE_SQL, SCHEDULER_KEY, SLICE_ALIVE_SQL};
 
@@ -31,16 +31,38 @@ pub extern "C-unwind" fn drip_scheduler_main(arg: pg_sys::Datum) {
     let db = launch::arg_oid(arg);
     BackgroundWorker::attach_signal_handlers(SignalWakeFlags::SIGHUP | SignalWakeFlags::SIGTERM);
     BackgroundWorker::connect_worker_to_spi_by_oid(Some(db), None);
+    let probe = BackgroundWorker::get_extra() == launch::PROBE;
+    // The catalog this scheduler serves: it exits when that one is dropped or replaced, and
+    // does nothing on a catalog of another version (a package upgrade waiting for ALTER
+    // EXTENSION UPDATE).
+    let instance = transaction::run(|| {
+        let instance = extension::current()?;
+        if !extension::catalog_matches_library() {
+            if !probe {
+                log!(
+                    "data_drip scheduler: the catalog is not version {}; waiting for ALTER EXTENSION data_drip UPDATE",
+                    extension::LIBRARY_VERSION
+                );
+            }
+            return None;
+        }
+        Some(instance)
+    });
+    let Ok(Some(instance)) = instance else {
+        return;
+    };
     Scheduler {
         db,
+        instance,
         launching: HashMap::new(),
-        probe: BackgroundWorker::get_extra() == launch::PROBE,
+        probe,
     }
     .main();
 }
 
 struct Scheduler {
     db: pg_sys::Oid,
+    instance: extension::Instance,
     /// Runners started but not yet seen running: run id -> (launch time, worker handle).
     launching: HashMap<(i64, Option<i32>), (Instant, DynamicBackgroundWorker)>,
     /// Started by the launcher: leave at once if the first look finds nothing to do.
@@ -77,7 +99,8 @@ impl Scheduler {
             if BackgroundWorker::sighup_received() {
                 signals::reload_config();
             }
-            let tick = match transaction::run(tick) {
+            let instance = self.instance;
+            let tick = match transaction::run(|| tick(&instance)) {
                 Ok(t) => t,
                 Err(e) => {
                     warning!("data_drip scheduler: {} ({})", e.message, e.sqlstate);
@@ -252,14 +275,8 @@ fn run_rows(sql: &str) -> Vec<RunRow> {
 }
 
 /// One pass over the runs, in the caller's transaction.
-fn tick() -> Tick {
-    let present = Spi::get_one::<bool>(
-        "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_extension WHERE extname = 'data_drip')",
-    )
-    .ok()
-    .flatten()
-    .unwrap_or(false);
-    if !present {
+fn tick(instance: &extension::Instance) -> Tick {
+    if !extension::still_current(instance) {
         return Tick {
             extension_gone: true,
             has_work: false,

@@ -1,4 +1,4 @@
-//! A PostgreSQL 15 cluster owned by a test: `target/NAME`, loopback only, its own socket
+//! A PostgreSQL cluster owned by a test: `target/NAME`, loopback only, its own socket
 //! directory, run as `postgres` when the test runs as root, stopped when dropped.
 
 #![allow(dead_code)]
@@ -9,7 +9,11 @@ use std::time::{Duration, Instant};
 
 use postgres::{Client, NoTls};
 
-pub const PG_BIN: &str = "/usr/lib/postgresql/15/bin";
+/// The server's bin directory: `DRIP_PG_BIN` (scripts/test.sh sets it per major version), else
+/// Debian's PostgreSQL 15.
+pub fn pg_bin() -> String {
+    std::env::var("DRIP_PG_BIN").unwrap_or_else(|_| "/usr/lib/postgresql/15/bin".to_string())
+}
 
 pub struct Cluster {
     pub dir: PathBuf,
@@ -42,7 +46,7 @@ impl Cluster {
 
     /// Run a Postgres binary as the cluster owner.
     pub fn pg(&self, bin: &str, args: &[&str]) -> std::process::Output {
-        let path = format!("{PG_BIN}/{bin}");
+        let path = format!("{}/{bin}", pg_bin());
         let mut cmd = match self.owner {
             Some(user) => {
                 let mut c = Command::new("runuser");
