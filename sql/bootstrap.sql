@@ -151,6 +151,16 @@ CREATE INDEX events_at ON drip.events (at);
 CREATE INDEX events_run ON drip.events (run_id, id);
 COMMENT ON TABLE drip.events IS 'Every event sent on drip_events, written in the same transaction, for consumers that were not listening (kept drip.event_retention).';
 
+-- The text form of a key value that any session reads back exactly: the settings that text
+-- forms depend on are pinned (the same list as CANONICAL in src/pg/settings.rs). Keys are stored
+-- as text (cursor, to_key, slice and batch bounds) and read by other sessions and workers.
+CREATE FUNCTION drip.key_text(value anyelement) RETURNS text
+LANGUAGE sql STABLE PARALLEL SAFE
+SET DateStyle = 'ISO, YMD' SET IntervalStyle = 'postgres' SET TimeZone = 'UTC'
+SET extra_float_digits = 3 SET bytea_output = 'hex' SET lc_monetary = 'C'
+AS $$ SELECT value::text $$;
+COMMENT ON FUNCTION drip.key_text(anyelement) IS 'Canonical text of a key value, independent of the session''s DateStyle, TimeZone, IntervalStyle, extra_float_digits, bytea_output and lc_monetary.';
+
 -- Send an event: NOTIFY drip_events and a row in drip.events, in the caller's transaction.
 -- Only the extension calls it (EXECUTE is revoked from PUBLIC below).
 CREATE FUNCTION drip.emit(payload text) RETURNS void

@@ -367,100 +367,94 @@ struct RunRange<'a> {
     parallel: i32,
 }
 
-/// Split keys that cut `(from, to]` into `n` slices of about the same number of keys.
+/// The key columns, quoted, for the range queries of `keyset`.
+fn quoted_keys(compiled: &compile::Compiled) -> Vec<String> {
+    compiled
+        .keys
+        .iter()
+        .map(|k| pgrx::spi::quote_identifier(&k.name))
+        .collect()
+}
+
+/// Bound arguments for a stored (canonical) key.
+fn key_args(
+    compiled: &compile::Compiled,
+    key: &[String],
+) -> DripResult<Vec<pgrx::datum::DatumWithOid<'static>>> {
+    compiled
+        .keys
+        .iter()
+        .zip(key)
+        .map(|(col, v)| types::key_datum(col.type_oid, v, &col.name))
+        .collect()
+}
+
+/// Read one key (canonical text per column) from the first row of a query, if any.
+fn read_key(
+    sql: &str,
+    args: &[pgrx::datum::DatumWithOid],
+    k: usize,
+) -> DripResult<Option<Vec<String>>> {
+    Ok(Spi::connect(|c| {
+        let t = c.select(sql, None, args)?;
+        match t.into_iter().next() {
+            Some(r) => (1..=k)
+                .map(|j| r.get::<String>(j).map(|v| v.unwrap_or_default()))
+                .collect::<Result<Vec<_>, _>>()
+                .map(Some),
+            None => Ok(None),
+        }
+    })?)
+}
+
+/// Split keys that cut `(from, to]` into at most `n` slices of about the same number of keys.
+/// Fewer keys than slices give fewer split keys (none for one key or none).
 fn split_points(
     compiled: &compile::Compiled,
     from: Option<&Vec<String>>,
     to: Option<&Vec<String>>,
     n: i32,
 ) -> DripResult<Vec<Vec<String>>> {
-    let cols: Vec<String> = compiled
-        .keys
-        .iter()
-        .map(|k| pgrx::spi::quote_identifier(&k.name))
-        .collect();
-    let k = cols.len();
-    let row = |ps: Vec<String>| {
-        if ps.len() == 1 {
-            ps[0].clone()
-        } else {
-            format!("({})", ps.join(", "))
-        }
-    };
-    let keys = row(cols.clone());
-    let mut conds = Vec::new();
-    let mut args: Vec<pgrx::datum::DatumWithOid> = Vec::new();
-    for (bound, op) in [(from, ">"), (to, "<=")] {
-        if let Some(vals) = bound {
-            let first = args.len() + 1;
-            conds.push(format!(
-                "{keys} {op} {}",
-                row((first..first + k).map(|i| format!("${i}")).collect())
-            ));
-            for (col, v) in compiled.keys.iter().zip(vals) {
-                args.push(types::input_datum(col.type_oid, Some(v), &col.name)?);
-            }
-        }
-    }
-    let filter = if conds.is_empty() {
-        String::new()
-    } else {
-        format!(" WHERE {}", conds.join(" AND "))
-    };
-    let total = Spi::get_one_with_args::<i64>(
-        &format!("SELECT count(*) FROM {}{filter}", compiled.relation),
-        &args,
-    )?
-    .unwrap_or(0);
-    let as_text = cols
-        .iter()
-        .map(|c| format!("drip_rows.{c}::text"))
-        .collect::<Vec<_>>()
-        .join(", ");
-    let order = cols
-        .iter()
-        .map(|c| format!("drip_rows.{c}"))
-        .collect::<Vec<_>>()
-        .join(", ");
-    let sql = format!(
-        "SELECT {as_text} FROM {} AS drip_rows{filter} ORDER BY {order} OFFSET ${} LIMIT 1",
-        compiled.relation,
-        args.len() + 1
+    let sql = crate::keyset::range(
+        &compiled.relation,
+        &quoted_keys(compiled),
+        from.is_some(),
+        to.is_some(),
     );
+    let bounds = || -> DripResult<Vec<pgrx::datum::DatumWithOid<'static>>> {
+        let mut args = Vec::new();
+        for key in [from, to].into_iter().flatten() {
+            args.extend(key_args(compiled, key)?);
+        }
+        Ok(args)
+    };
+    let total = Spi::get_one_with_args::<i64>(&sql.count, &bounds()?)?.unwrap_or(0);
     let mut points: Vec<Vec<String>> = Vec::new();
     for i in 1..n as i64 {
+        // The last key of slice i: keys before it number about i * total / n.
         let offset = i * total / n as i64 - 1;
         if offset < 0 {
             continue;
         }
-        // Rebuild the bound arguments (a DatumWithOid is not Clone).
-        let mut a: Vec<pgrx::datum::DatumWithOid> = Vec::new();
-        for vals in [from, to].into_iter().flatten() {
-            for (col, v) in compiled.keys.iter().zip(vals) {
-                a.push(types::input_datum(col.type_oid, Some(v), &col.name)?);
-            }
-        }
-        a.push(offset.into());
-        let point = Spi::connect(|c| {
-            let t = c.select(sql.as_str(), None, &a)?;
-            match t.into_iter().next() {
-                Some(r) => (1..=k)
-                    .map(|j| r.get::<String>(j).map(|v| v.unwrap_or_default()))
-                    .collect::<Result<Vec<_>, _>>()
-                    .map(Some),
-                None => Ok(None),
-            }
-        })?;
-        if let Some(p) = point {
+        let mut args = bounds()?;
+        args.push(offset.into());
+        if let Some(p) = read_key(&sql.nth, &args, compiled.keys.len())? {
             if points.last() != Some(&p) {
                 points.push(p);
             }
         }
     }
+    // A split at the very end of the range would leave an empty last slice.
+    if let (Some(last), Some(to)) = (points.last(), to) {
+        if last == to {
+            points.pop();
+        }
+    }
     Ok(points)
 }
 
-/// Key values given as text: a JSON array for a composite key, or one value.
+/// Key values given as text in the caller's notation: a JSON array for a composite key, or one
+/// value. Returns them checked and in the canonical text the engine stores.
 fn key_values(
     compiled: &compile::Compiled,
     what: &'static str,
@@ -489,43 +483,18 @@ fn key_values(
             values.len()
         )));
     }
-    // Each value must be valid for its column's type.
-    for (col, v) in compiled.keys.iter().zip(&values) {
-        types::input_datum(col.type_oid, Some(v), &format!("{what}.{}", col.name))?;
-    }
-    Ok(values)
-}
-
-/// The largest key now (text per column), read as the caller; None for an empty table.
-fn largest_key(compiled: &compile::Compiled) -> DripResult<Option<Vec<String>>> {
-    let cols: Vec<String> = compiled
+    compiled
         .keys
         .iter()
-        .map(|k| pgrx::spi::quote_identifier(&k.name))
-        .collect();
-    let sql = format!(
-        "SELECT {} FROM {} AS drip_rows ORDER BY {} LIMIT 1",
-        cols.iter()
-            .map(|c| format!("drip_rows.{c}::text"))
-            .collect::<Vec<_>>()
-            .join(", "),
-        compiled.relation,
-        cols.iter()
-            .map(|c| format!("drip_rows.{c} DESC"))
-            .collect::<Vec<_>>()
-            .join(", ")
-    );
-    let k = cols.len();
-    Ok(Spi::connect(|c| {
-        let t = c.select(sql.as_str(), None, &[])?;
-        match t.into_iter().next() {
-            Some(r) => (1..=k)
-                .map(|i| r.get::<String>(i).map(|v| v.unwrap_or_default()))
-                .collect::<Result<Vec<_>, _>>()
-                .map(Some),
-            None => Ok(None),
-        }
-    })?)
+        .zip(&values)
+        .map(|(col, v)| types::canonical_key_text(col.type_oid, v, &format!("{what}.{}", col.name)))
+        .collect()
+}
+
+/// The largest key now (canonical text per column), read as the caller; None for an empty table.
+fn largest_key(compiled: &compile::Compiled) -> DripResult<Option<Vec<String>>> {
+    let sql = crate::keyset::range(&compiled.relation, &quoted_keys(compiled), false, false);
+    read_key(&sql.largest, &[], compiled.keys.len())
 }
 
 /// Batch settings given to `start`; NULL keeps the backfill's.
@@ -625,6 +594,9 @@ fn start_impl(
         None if range.follow_inserts => None,
         None => largest_key(&compiled)?,
     };
+    // Slices come from the split keys actually found: a range with fewer keys than requested
+    // slices gets fewer slices, and one with a single key (or none) runs as a plain run. The
+    // stored `parallel` and the slice rows always agree, so no key range has two workers.
     let splits = if range.parallel > 1 {
         split_points(
             &compiled,
@@ -634,6 +606,11 @@ fn start_impl(
         )?
     } else {
         Vec::new()
+    };
+    let slices = if splits.is_empty() {
+        1
+    } else {
+        splits.len() as i32 + 1
     };
     if let Some(after) = range.after {
         security::as_catalog(|| {
@@ -682,13 +659,13 @@ fn start_impl(
                 to_key.clone().into(),
                 range.follow_inserts.into(),
                 range.after.into(),
-                (splits.len() as i32 + if range.parallel > 1 { 1 } else { 0 }).max(1).into(),
+                slices.into(),
             ],
         )?;
         Ok::<_, DripError>(catalog::runs_from(t)?.pop())
         })?
         .ok_or_else(|| DripError::UnknownBackfill(name.to_string()))?;
-        if range.parallel > 1 {
+        if slices > 1 {
             // Slice i covers (bound i-1, bound i]: the run's range cut at the split keys.
             let mut bounds: Vec<Option<Vec<String>>> = vec![from_key.clone()];
             bounds.extend(splits.iter().cloned().map(Some));

@@ -60,6 +60,12 @@ pub enum DripError {
         message: String,
         sqlstate: PgSqlErrorCode,
     },
+    #[error("invalid value for key column \"{column}\": {message}")]
+    BadKeyValue {
+        column: String,
+        message: String,
+        sqlstate: PgSqlErrorCode,
+    },
     #[error("{0}")]
     BadOption(String),
     #[error("backfill \"{backfill}\" already has an active run {run_id} ({status})")]
@@ -115,7 +121,9 @@ impl DripError {
             | DripError::UnknownParameter { .. }
             | DripError::MissingParameter(_)
             | DripError::BadOption(_) => ERRCODE_INVALID_PARAMETER_VALUE,
-            DripError::BadParamValue { sqlstate, .. } => *sqlstate,
+            DripError::BadParamValue { sqlstate, .. } | DripError::BadKeyValue { sqlstate, .. } => {
+                *sqlstate
+            }
             DripError::ActiveRunExists { .. } => ERRCODE_OBJECT_IN_USE,
             DripError::WrongStatus { .. } => ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
             DripError::PermissionDenied { .. } | DripError::OwnerGone(_) => {

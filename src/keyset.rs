@@ -61,6 +61,25 @@ fn row(items: &[String]) -> String {
     }
 }
 
+/// Key columns turned into their canonical text: `drip.key_text` pins the settings that text
+/// forms depend on (see `pg::settings::CANONICAL`), so any session reads the value back exactly.
+fn key_text(keys: &[String], qualifier: Option<&str>) -> String {
+    keys.iter()
+        .map(|c| match qualifier {
+            Some(q) => format!("drip.key_text({q}.{c})"),
+            None => format!("drip.key_text({c})"),
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn qualified(keys: &[String], qualifier: &str) -> String {
+    keys.iter()
+        .map(|c| format!("{qualifier}.{c}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 fn params(from: usize, count: usize) -> Vec<String> {
     (from..from + count).map(|i| format!("${i}")).collect()
 }
@@ -76,12 +95,7 @@ pub fn build(spec: &Spec) -> BatchSql {
         .map(|c| format!("drip_keys.{c} DESC"))
         .collect::<Vec<_>>()
         .join(", ");
-    let as_text = spec
-        .keys
-        .iter()
-        .map(|c| format!("{c}::text"))
-        .collect::<Vec<_>>()
-        .join(", ");
+    let as_text = key_text(spec.keys, None);
 
     // Conditions of the key walk: above the cursor, and not past the cap.
     let walk = |lower: Option<String>, cap: Option<String>| {
@@ -104,8 +118,9 @@ pub fn build(spec: &Spec) -> BatchSql {
     let boundary = |lower: Option<String>, limit: String, cap: Option<String>| {
         let filter = walk(lower, cap);
         format!(
-            "SELECT {as_text}, count(*) OVER () FROM (SELECT {order_asc} FROM {rel}{filter} \
+            "SELECT {keys_text}, count(*) OVER () FROM (SELECT {order_asc} FROM {rel}{filter} \
              ORDER BY {order_asc} LIMIT {limit}) AS drip_keys ORDER BY {order_desc} LIMIT 1",
+            keys_text = key_text(spec.keys, Some("drip_keys")),
             rel = spec.relation
         )
     };
@@ -124,8 +139,12 @@ pub fn build(spec: &Spec) -> BatchSql {
         .join(", ");
     let full = |lower: Option<String>, n: String, cap: Option<String>| {
         let filter = walk(lower, cap);
+        // The key is turned into text once, outside the OFFSET scan.
         format!(
-            "SELECT {as_text} FROM {rel} AS drip_rows{filter} ORDER BY {order_rows} OFFSET {n} - 1 LIMIT 1",
+            "SELECT {keys_text} FROM (SELECT {cols} FROM {rel} AS drip_rows{filter} \
+             ORDER BY {order_rows} OFFSET {n} - 1 LIMIT 1) AS drip_keys",
+            keys_text = key_text(spec.keys, Some("drip_keys")),
+            cols = qualified(spec.keys, "drip_rows"),
             rel = spec.relation
         )
     };
@@ -190,6 +209,55 @@ pub fn build(spec: &Spec) -> BatchSql {
     }
 }
 
+/// Queries `start` runs once over the key range `(from, to]`: how many keys it holds, the key
+/// at an offset (split points of parallel runs), and the largest key (the frozen upper end).
+/// Parameters: the `from` bound first when present, then the `to` bound, then (for `nth`) the
+/// offset.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RangeSql {
+    pub count: String,
+    pub nth: String,
+    pub largest: String,
+}
+
+pub fn range(relation: &str, keys: &[String], has_from: bool, has_to: bool) -> RangeSql {
+    let k = keys.len();
+    let key_row = row(keys);
+    let mut conds = Vec::new();
+    let mut next = 1;
+    if has_from {
+        conds.push(format!("{key_row} > {}", row(&params(next, k))));
+        next += k;
+    }
+    if has_to {
+        conds.push(format!("{key_row} <= {}", row(&params(next, k))));
+        next += k;
+    }
+    let filter = if conds.is_empty() {
+        String::new()
+    } else {
+        format!(" WHERE {}", conds.join(" AND "))
+    };
+    let order = qualified(keys, "drip_rows");
+    let desc = keys
+        .iter()
+        .map(|c| format!("drip_rows.{c} DESC"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let outer = key_text(keys, Some("drip_keys"));
+    RangeSql {
+        count: format!("SELECT count(*) FROM {relation} AS drip_rows{filter}"),
+        nth: format!(
+            "SELECT {outer} FROM (SELECT {order} FROM {relation} AS drip_rows{filter} \
+             ORDER BY {order} OFFSET ${next} LIMIT 1) AS drip_keys"
+        ),
+        largest: format!(
+            "SELECT {outer} FROM (SELECT {order} FROM {relation} AS drip_rows \
+             ORDER BY {desc} LIMIT 1) AS drip_keys"
+        ),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -208,12 +276,13 @@ mod tests {
         });
         assert_eq!(
             sql.boundary_next,
-            "SELECT id::text, count(*) OVER () FROM (SELECT id FROM public.users WHERE id > $1 \
-             ORDER BY id LIMIT $2) AS drip_keys ORDER BY drip_keys.id DESC LIMIT 1"
+            "SELECT drip.key_text(drip_keys.id), count(*) OVER () FROM (SELECT id FROM public.users \
+             WHERE id > $1 ORDER BY id LIMIT $2) AS drip_keys ORDER BY drip_keys.id DESC LIMIT 1"
         );
         assert_eq!(
             sql.full_next,
-            "SELECT id::text FROM public.users AS drip_rows WHERE id > $1 ORDER BY drip_rows.id OFFSET $2 - 1 LIMIT 1"
+            "SELECT drip.key_text(drip_keys.id) FROM (SELECT drip_rows.id FROM public.users AS drip_rows \
+             WHERE id > $1 ORDER BY drip_rows.id OFFSET $2 - 1 LIMIT 1) AS drip_keys"
         );
         assert_eq!(
             sql.work_next,
@@ -229,7 +298,7 @@ mod tests {
         );
         assert_eq!(
             sql.rows_next,
-            "SELECT id::text FROM public.users WHERE id > $2 AND id <= $3 AND (\nage = $1\n) ORDER BY public.users.id"
+            "SELECT drip.key_text(id) FROM public.users WHERE id > $2 AND id <= $3 AND (\nage = $1\n) ORDER BY public.users.id"
         );
     }
 
@@ -273,6 +342,17 @@ mod tests {
             kind: &ActionKind::Statement { with_at: Some(4) },
             capped: false,
         });
+        let r = range("t", &keys, true, true);
+        assert_eq!(
+            r.nth,
+            "SELECT drip.key_text(drip_keys.a), drip.key_text(drip_keys.\"B\") FROM (SELECT drip_rows.a, \
+             drip_rows.\"B\" FROM t AS drip_rows WHERE (a, \"B\") > ($1, $2) AND (a, \"B\") <= ($3, $4) \
+             ORDER BY drip_rows.a, drip_rows.\"B\" OFFSET $5 LIMIT 1) AS drip_keys"
+        );
+        assert_eq!(
+            range("t", &keys[..1], false, false).count,
+            "SELECT count(*) FROM t AS drip_rows"
+        );
         assert_eq!(
             sql.work_first,
             "WITH drip_batch AS (SELECT * FROM t WHERE a <= $2),\n x AS (SELECT 1) INSERT INTO log SELECT a FROM drip_batch"

@@ -91,7 +91,10 @@ fn plan_impl(name: &str, values: Option<JsonB>) -> DripResult<PlanRow> {
             .keys
             .iter()
             .enumerate()
-            .map(|(i, k)| types::input_datum(k.type_oid, vals.map(|v| v[i].as_str()), &k.name))
+            .map(|(i, k)| match vals {
+                Some(v) => types::key_datum(k.type_oid, &v[i], &k.name),
+                None => Ok(DatumWithOid::null_oid(k.type_oid)),
+            })
             .collect()
     };
     let mut boundary_args = key_args(first.as_ref())?;
@@ -141,7 +144,7 @@ fn sample_key(
         None => &compiled.sql.boundary_first,
         Some(k) => {
             for (i, col) in compiled.keys.iter().enumerate() {
-                args.push(types::input_datum(col.type_oid, Some(&k[i]), &col.name)?);
+                args.push(types::key_datum(col.type_oid, &k[i], &col.name)?);
             }
             &compiled.sql.boundary_next
         }

@@ -65,7 +65,7 @@ fn retry_rows_impl(run_id: i64) -> DripResult<i64> {
         }
         for _ in 0..2 {
             for (col, v) in compiled.keys.iter().zip(&key) {
-                args.push(types::input_datum(col.type_oid, Some(v), &col.name)?);
+                args.push(types::key_datum(col.type_oid, v, &col.name)?);
             }
         }
         let sql = compiled.sql.work_row.clone();

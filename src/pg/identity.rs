@@ -53,28 +53,6 @@ impl Drop for Restore {
     }
 }
 
-/// Set a setting at the current GUC nest level (undone when the level is popped), without
-/// going through SQL: this runs around every batch.
-fn set_saved(name: &std::ffi::CStr, value: &str) {
-    let value = std::ffi::CString::new(value.replace('\0', "")).unwrap_or_default();
-    // SAFETY: both strings are NUL-terminated and outlive the call; GUC_ACTION_SAVE records the
-    // old value at the current nest level, exactly as a function's SET clause does. An invalid
-    // value raises an ERROR (elevel ERROR), which pgrx turns into a panic unwinding to the
-    // caller's transaction boundary.
-    unsafe {
-        pg_sys::set_config_option(
-            name.as_ptr(),
-            value.as_ptr(),
-            pg_sys::GucContext::PGC_USERSET,
-            pg_sys::GucSource::PGC_S_SESSION,
-            pg_sys::GucAction::GUC_ACTION_SAVE,
-            true,
-            pg_sys::PGERROR as i32,
-            false,
-        );
-    }
-}
-
 /// Run `f` as `role` with `search_path`, then restore the identity and every setting.
 pub fn run_as<R>(
     role: pg_sys::Oid,
@@ -106,7 +84,7 @@ pub fn run_as_with<R>(
         done: false,
     };
     for (name, value) in settings {
-        set_saved(name, value);
+        super::settings::set_saved(name, value);
     }
     let flags = match restriction {
         Restriction::Local => pg_sys::SECURITY_LOCAL_USERID_CHANGE as i32,

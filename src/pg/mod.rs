@@ -5,6 +5,7 @@
 pub mod extension;
 pub mod identity;
 pub mod preload;
+pub mod settings;
 pub mod signals;
 pub mod subxact;
 pub mod timeout;

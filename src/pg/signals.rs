@@ -13,10 +13,15 @@ unsafe extern "C-unwind" {
 /// statement is cancelled, the transaction rolls back and the process exits.
 pub fn terminate_promptly_on_sigterm() {
     // SAFETY: `die` is async-signal-safe by design (it only sets flags and the latch) and is the
-    // handler every regular backend uses; pqsignal installs it for this process only. SIGTERM is
-    // unblocked afterwards by BackgroundWorkerUnblockSignals.
+    // handler every regular backend uses; pqsignal (pqsignal_be on 18) installs it for this process
+    // only. SIGTERM is unblocked afterwards by BackgroundWorkerUnblockSignals.
     unsafe {
+        #[cfg(not(feature = "pg18"))]
         pg_sys::pqsignal(pg_sys::SIGTERM as i32, Some(postgres_die));
+        // PostgreSQL 18 made `pqsignal` a macro that picks pqsignal_be in the backend (and
+        // pqsignal_fe in frontends); bindgen only sees the function, which returns nothing.
+        #[cfg(feature = "pg18")]
+        pg_sys::pqsignal_be(pg_sys::SIGTERM as i32, Some(postgres_die));
         pg_sys::BackgroundWorkerUnblockSignals();
     }
 }

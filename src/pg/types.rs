@@ -53,12 +53,20 @@ pub fn input_datum<'a>(
     let Some(text) = text else {
         return Ok(DatumWithOid::null_oid(oid));
     };
+    let datum = input_raw(oid, text, what)?;
+    // SAFETY: the datum was produced by the input function of type `oid`, so it is a valid
+    // value of that type, allocated in the current memory context, which outlives its use by
+    // the SPI call it is passed to.
+    Ok(unsafe { DatumWithOid::new(datum, oid) })
+}
+
+fn input_raw(oid: pg_sys::Oid, text: &str, what: &str) -> DripResult<pg_sys::Datum> {
     let cstr = CString::new(text).map_err(|_| DripError::BadParamValue {
         name: what.to_string(),
         message: "value contains a NUL character".into(),
         sqlstate: PgSqlErrorCode::ERRCODE_UNTRANSLATABLE_CHARACTER,
     })?;
-    let result = PgTryBuilder::new(|| {
+    PgTryBuilder::new(|| {
         let mut input_fn = pg_sys::Oid::INVALID;
         let mut io_param = pg_sys::Oid::INVALID;
         // SAFETY: getTypeInputInfo only reads the syscache for a valid type oid (we got `oid`
@@ -80,9 +88,45 @@ pub fn input_datum<'a>(
             sqlstate: r.sql_error_code(),
         }),
     })
-    .execute()?;
-    // SAFETY: the datum was produced by the input function of type `oid`, so it is a valid
-    // value of that type, allocated in the current memory context, which outlives its use by
-    // the SPI call it is passed to.
-    Ok(unsafe { DatumWithOid::new(result, oid) })
+    .execute()
+}
+
+/// Errors about a key value name the key column, not a parameter.
+fn as_key_error(e: DripError) -> DripError {
+    match e {
+        DripError::BadParamValue {
+            name,
+            message,
+            sqlstate,
+        } => DripError::BadKeyValue {
+            column: name,
+            message,
+            sqlstate,
+        },
+        other => other,
+    }
+}
+
+/// A stored key value (canonical text, see `settings::CANONICAL`) as a Datum of the key
+/// column's type. `column` names the key column in errors.
+pub fn key_datum<'a>(oid: pg_sys::Oid, text: &str, column: &str) -> DripResult<DatumWithOid<'a>> {
+    super::settings::canonical(|| input_datum(oid, Some(text), column)).map_err(as_key_error)
+}
+
+/// A key value written by a user in their own session's notation (`from_key`, `to_key`), checked
+/// against the column's type and turned into the canonical text the engine stores.
+pub fn canonical_key_text(oid: pg_sys::Oid, text: &str, column: &str) -> DripResult<String> {
+    let value = input_raw(oid, text, column).map_err(as_key_error)?;
+    Ok(super::settings::canonical(|| {
+        let mut output_fn = pg_sys::Oid::INVALID;
+        let mut varlena = false;
+        // SAFETY: getTypeOutputInfo reads the syscache for a valid type oid and writes the two
+        // out-parameters we own; the datum was just produced by the same type's input function.
+        // OidOutputFunctionCall returns a palloc'd NUL-terminated string, copied before return.
+        unsafe {
+            pg_sys::getTypeOutputInfo(oid, &mut output_fn, &mut varlena);
+            let p = pg_sys::OidOutputFunctionCall(output_fn, value);
+            std::ffi::CStr::from_ptr(p).to_string_lossy().into_owned()
+        }
+    }))
 }

@@ -551,7 +551,7 @@ impl Runner {
             .keys
             .iter()
             .zip(values)
-            .map(|(k, v)| types::input_datum(k.type_oid, Some(v), &k.name).or_raise())
+            .map(|(k, v)| types::key_datum(k.type_oid, v, &k.name).or_raise())
             .collect()
     }
 

@@ -7,6 +7,7 @@ use postgres::Client;
 
 mod bad_input;
 mod control;
+mod edges;
 mod engine;
 mod events;
 mod features;
@@ -36,6 +37,24 @@ pub fn db() -> Db {
 /// Another connection to the test database.
 pub fn connect() -> Client {
     pgrx_tests::client().expect("connect to test cluster").0
+}
+
+/// A connection to another database of the test cluster, as the test superuser.
+pub fn connect_db(name: &str) -> Client {
+    let mut admin = connect();
+    let (port, user): (String, String) = {
+        let r = admin
+            .query_one("SELECT current_setting('port'), current_user::text", &[])
+            .unwrap();
+        (r.get(0), r.get(1))
+    };
+    postgres::Config::new()
+        .host("localhost")
+        .port(port.parse().expect("port"))
+        .user(&user)
+        .dbname(name)
+        .connect(postgres::NoTls)
+        .unwrap_or_else(|e| panic!("connect to {name}: {e}"))
 }
 
 /// A connection to the test database as `role` (a LOGIN role; the test cluster trusts local

@@ -1,0 +1,388 @@
+//! Every row exactly once at the edges: session settings of the caller and of the worker, tiny
+//! ranges split into parallel slices, and a catalog dropped or replaced under a running worker.
+
+use std::time::{Duration, Instant};
+
+use super::{connect, connect_db, db, Db};
+
+/// Settings under which text forms of keys look different from the defaults: a caller (and a
+/// worker, through the database's defaults) with these must not change which rows a run does.
+const CALLER_SETTINGS: &str = "SET DateStyle = 'SQL, DMY'; SET TimeZone = 'Asia/Kathmandu';
+     SET IntervalStyle = 'sql_standard'; SET extra_float_digits = -15;
+     SET bytea_output = 'escape'; SET lc_monetary = 'C';";
+
+/// Key types and how to make ~120 distinct, awkward values of each from `g`.
+const KEY_TYPES: &[(&str, &str, &str)] = &[
+    (
+        "timestamptz",
+        "timestamptz",
+        "CASE WHEN g = 1 THEN '-infinity'::timestamptz WHEN g = 2 THEN '0044-03-15 12:00:00+00 BC'::timestamptz \
+         WHEN g = 120 THEN 'infinity'::timestamptz \
+         ELSE '2024-01-31 23:59:59.999999+00'::timestamptz + g * interval '7 hours 13 min 0.000001 s' END",
+    ),
+    (
+        "timestamp",
+        "timestamp",
+        "CASE WHEN g = 2 THEN '0044-03-15 12:00:00 BC'::timestamp \
+         ELSE '2024-02-29 13:00:00.5'::timestamp + g * interval '1 day 1 hour 0.000001 s' END",
+    ),
+    (
+        "date",
+        "date",
+        "CASE WHEN g = 1 THEN '4713-01-01 BC'::date WHEN g = 120 THEN 'infinity'::date \
+         ELSE '2024-01-12'::date + g * 31 END",
+    ),
+    (
+        "float4",
+        "float4",
+        "CASE WHEN g = 120 THEN '3.4028235e38'::float4 ELSE (g / 7.0::float8)::float4 END",
+    ),
+    (
+        "float8",
+        "float8",
+        "CASE WHEN g = 120 THEN 1.7976931348623157e308::float8 WHEN g = 1 THEN 5e-324::float8 \
+         ELSE g / 7.0::float8 + 1e-12 END",
+    ),
+    (
+        "numeric",
+        "numeric",
+        "CASE WHEN g = 1 THEN 1e-30 ELSE g / 7.0 + 0.12345678901234567890123 END",
+    ),
+    (
+        "interval",
+        "interval",
+        "g * interval '1 day 1 hour 1.5 s' - interval '3 days'",
+    ),
+    (
+        "bytea",
+        "bytea",
+        "CASE WHEN g = 1 THEN '\\x00'::bytea ELSE decode(lpad(to_hex(g * 2654435), 8, '0'), 'hex') END",
+    ),
+    (
+        "text_icu",
+        "text COLLATE \"und-x-icu\"",
+        "chr(65 + (g * 7) % 26) || chr(97 + g % 26) || CASE WHEN g % 3 = 0 THEN 'é' ELSE '' END || g",
+    ),
+    ("uuid", "uuid", "md5(g::text)::uuid"),
+];
+
+/// Undo ALTER DATABASE ... SET even when a test fails.
+struct DatabaseSettings(String);
+
+impl DatabaseSettings {
+    fn set(db: &mut Db) -> DatabaseSettings {
+        let name = db.text("SELECT current_database()::text");
+        db.exec(&format!(
+            "ALTER DATABASE \"{name}\" SET DateStyle = 'German, MDY';
+             ALTER DATABASE \"{name}\" SET TimeZone = 'America/St_Johns';
+             ALTER DATABASE \"{name}\" SET IntervalStyle = 'iso_8601';
+             ALTER DATABASE \"{name}\" SET extra_float_digits = -10;
+             ALTER DATABASE \"{name}\" SET bytea_output = 'escape';"
+        ));
+        DatabaseSettings(name)
+    }
+}
+
+impl Drop for DatabaseSettings {
+    fn drop(&mut self) {
+        let _ = connect().batch_execute(&format!("ALTER DATABASE \"{}\" RESET ALL", self.0));
+    }
+}
+
+/// Rows of `table` whose counter is not `want` (within `(from, to]` when given).
+fn wrong_rows(db: &mut Db, table: &str, filter: &str) -> i64 {
+    db.i64(&format!("SELECT count(*) FROM {table} WHERE {filter}"))
+}
+
+#[test]
+fn keys_round_trip_whatever_the_settings_of_caller_and_worker() {
+    let mut db = db();
+    let _worker_settings = DatabaseSettings::set(&mut db);
+    // A fresh connection: this session has the database's odd defaults, then odder ones.
+    let mut db = Db {
+        c: connect(),
+        _serial: db._serial,
+    };
+    db.exec(CALLER_SETTINGS);
+    let mut tables = Vec::new();
+    for (name, ty, value) in KEY_TYPES {
+        let t = format!("kt_{name}");
+        db.exec(&format!(
+            "CREATE TABLE {t} (k {ty} PRIMARY KEY, n int NOT NULL DEFAULT 0);
+             INSERT INTO {t} (k) SELECT {value} FROM generate_series(1, 120) g;
+             SELECT drip.register('{t}', '{t}', 'SET n = n + 1', batch_size => 7, sleep => '0');"
+        ));
+        tables.push((t, *name));
+    }
+    db.exec(
+        "CREATE TABLE kt_composite (a timestamptz, b float8, n int NOT NULL DEFAULT 0, PRIMARY KEY (a, b));
+         INSERT INTO kt_composite (a, b)
+           SELECT '2024-03-31 01:30:00+00'::timestamptz + (g % 5) * interval '1.000001 s', g / 3.0::float8
+           FROM generate_series(1, 120) g;
+         SELECT drip.register('kt_composite', 'kt_composite', 'SET n = n + 1', batch_size => 7, sleep => '0');",
+    );
+    tables.push(("kt_composite".into(), "composite"));
+
+    for (t, name) in &tables {
+        let keys = db.i64(&format!("SELECT count(*) FROM {t}"));
+        assert_eq!(keys, 120, "{t}: distinct values");
+        for parallel in [1, 3] {
+            db.exec(&format!("UPDATE {t} SET n = 0"));
+            let run = db.start(&format!("SELECT drip.start('{t}', parallel => {parallel})"));
+            assert_eq!(db.wait_done(run), "completed", "{name} parallel {parallel}");
+            assert_eq!(
+                wrong_rows(&mut db, t, "n <> 1"),
+                0,
+                "{name}, parallel {parallel}: rows not processed exactly once"
+            );
+            assert_eq!(
+                db.i64(&format!("SELECT rows_done FROM drip.runs WHERE id = {run}")),
+                120,
+                "{name}, parallel {parallel}: rows_done"
+            );
+        }
+        if *name == "composite" {
+            continue;
+        }
+        // from_key and to_key written in the caller's own notation.
+        db.exec(&format!("UPDATE {t} SET n = 0"));
+        let from = db.text(&format!(
+            "SELECT k::text FROM {t} ORDER BY {t}.k OFFSET 9 LIMIT 1"
+        ));
+        let to = db.text(&format!(
+            "SELECT k::text FROM {t} ORDER BY {t}.k OFFSET 99 LIMIT 1"
+        ));
+        let run =
+            db.c.query_one(
+                "SELECT drip.start($1, from_key => $2, to_key => $3, parallel => 2)",
+                &[t, &from, &to],
+            )
+            .unwrap_or_else(|e| panic!("{name}: start with from {from:?} to {to:?}: {e}"))
+            .get::<_, i64>(0);
+        assert_eq!(db.wait_done(run), "completed", "{name} range");
+        // What the caller's session means by those texts decides the range (a lossy notation,
+        // such as floats with extra_float_digits = -15, names a rounded value).
+        let cast = if *name == "text_icu" { "text" } else { name };
+        let (inside, outside): (i64, i64) = {
+            let r = db
+                .c
+                .query_one(
+                    &format!(
+                        "SELECT count(*) FILTER (WHERE k > $1::text::{cast} AND k <= $2::text::{cast} AND n <> 1), \
+                                count(*) FILTER (WHERE NOT (k > $1::text::{cast} AND k <= $2::text::{cast}) AND n <> 0) \
+                         FROM {t}"
+                    ),
+                    &[&from, &to],
+                )
+                .unwrap();
+            (r.get(0), r.get(1))
+        };
+        let in_range =
+            db.c.query_one(
+                &format!(
+                    "SELECT count(*) FROM {t} WHERE k > $1::text::{cast} AND k <= $2::text::{cast}"
+                ),
+                &[&from, &to],
+            )
+            .unwrap()
+            .get::<_, i64>(0);
+        assert!(
+            in_range > 50,
+            "{name}: only {in_range} keys in ({from:?}, {to:?}]"
+        );
+        assert_eq!(
+            (inside, outside),
+            (0, 0),
+            "{name}: from {from:?} to {to:?} in the caller's notation"
+        );
+    }
+    // Stored keys are canonical: ISO timestamps in UTC, whatever the writer's settings.
+    let stored = db.text(
+        "SELECT r.to_key[1] FROM drip.runs r WHERE r.backfill = 'kt_timestamptz' ORDER BY r.id LIMIT 1",
+    );
+    assert_eq!(stored, "infinity");
+    let cursor = db.text(
+        "SELECT b.high_key[1] FROM drip.batches b JOIN drip.runs r ON r.id = b.run_id \
+         WHERE r.backfill = 'kt_timestamptz' AND b.batch_no = 2 ORDER BY r.id LIMIT 1",
+    );
+    assert!(
+        cursor.ends_with("+00"),
+        "canonical timestamptz key: {cursor}"
+    );
+}
+
+#[test]
+fn a_key_value_error_names_the_key_column() {
+    let mut db = db();
+    db.exec(
+        "CREATE TABLE ke_t (at timestamptz PRIMARY KEY, n int NOT NULL DEFAULT 0);
+         SELECT drip.register('ke_t', 'ke_t', 'SET n = n + 1');",
+    );
+    let err =
+        db.c.batch_execute("SELECT drip.start('ke_t', from_key => 'not a time')")
+            .expect_err("bad from_key");
+    let e = err.as_db_error().expect("db error");
+    assert_eq!(e.code().code(), "22007");
+    assert!(
+        e.message().contains("key column") && e.message().contains("from_key.at"),
+        "{}",
+        e.message()
+    );
+    assert!(!e.message().contains("parameter"), "{}", e.message());
+}
+
+#[test]
+fn parallel_runs_on_tiny_ranges_process_each_row_once() {
+    let mut db = db();
+    for keys in [0, 1, 2, 3, 7, 50] {
+        db.exec(&format!(
+            "CREATE TABLE pt_{keys} (id int PRIMARY KEY, n int NOT NULL DEFAULT 0);
+             INSERT INTO pt_{keys} (id) SELECT generate_series(1, {keys});
+             SELECT drip.register('pt_{keys}', 'pt_{keys}', 'SET n = n + 1', batch_size => 2, sleep => '0');"
+        ));
+    }
+    for round in 0..3 {
+        for keys in [0, 1, 2, 3, 7, 50] {
+            for parallel in [2, 3, 4, 8] {
+                db.exec(&format!("UPDATE pt_{keys} SET n = 0"));
+                let run = db.start(&format!(
+                    "SELECT drip.start('pt_{keys}', parallel => {parallel})"
+                ));
+                assert_eq!(db.wait_done(run), "completed");
+                let ctx = format!("{keys} keys, parallel {parallel}, round {round}");
+                assert_eq!(
+                    db.i64(&format!("SELECT count(*) FROM pt_{keys} WHERE n <> 1")),
+                    0,
+                    "{ctx}: rows not processed exactly once"
+                );
+                // The stored slice count and the slice rows agree; never more slices than keys.
+                let (stored, slices) = {
+                    let r = db
+                        .c
+                        .query_one(
+                            "SELECT parallel, (SELECT count(*) FROM drip.slices WHERE run_id = $1) \
+                             FROM drip.runs WHERE id = $1",
+                            &[&run],
+                        )
+                        .unwrap();
+                    (r.get::<_, i32>(0), r.get::<_, i64>(1))
+                };
+                if stored == 1 {
+                    assert_eq!(slices, 0, "{ctx}");
+                } else {
+                    assert_eq!(stored as i64, slices, "{ctx}");
+                }
+                assert!(
+                    stored as i64 <= (keys as i64).max(1),
+                    "{ctx}: {stored} slices"
+                );
+            }
+        }
+    }
+}
+
+/// Rows of `table` changed so far, polled until it stops moving for `quiet`.
+fn settled_count(c: &mut postgres::Client, table: &str, quiet: Duration) -> i64 {
+    let sql = format!("SELECT count(*) FROM {table} WHERE n > 0");
+    let mut last: i64 = c.query_one(&sql, &[]).unwrap().get(0);
+    let mut since = Instant::now();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        std::thread::sleep(Duration::from_millis(100));
+        let now: i64 = c.query_one(&sql, &[]).unwrap().get(0);
+        if now != last {
+            last = now;
+            since = Instant::now();
+        } else if since.elapsed() >= quiet {
+            return now;
+        }
+        assert!(Instant::now() < deadline, "{table} keeps changing");
+    }
+}
+
+#[test]
+fn a_worker_stops_touching_anything_once_its_catalog_is_dropped_or_replaced() {
+    let mut db = db();
+    db.exec("DROP DATABASE IF EXISTS drip_reinstall WITH (FORCE)");
+    db.exec("CREATE DATABASE drip_reinstall");
+    let mut c = connect_db("drip_reinstall");
+    let setup = "CREATE EXTENSION data_drip;
+         CREATE TABLE IF NOT EXISTS old_t (id int PRIMARY KEY, n int NOT NULL DEFAULT 0);
+         TRUNCATE old_t;
+         INSERT INTO old_t (id) SELECT generate_series(1, 100000);
+         SELECT drip.register('slow', 'old_t', 'SET n = n + 1', batch_size => 100, sleep => '20 ms');";
+    for recreate in [true, false] {
+        c.batch_execute(setup).unwrap();
+        let run: i64 = c
+            .query_one("SELECT drip.start('slow')", &[])
+            .unwrap()
+            .get(0);
+        // Let it get going.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while c
+            .query_one("SELECT count(*) FROM old_t WHERE n > 0", &[])
+            .unwrap()
+            .get::<_, i64>(0)
+            < 500
+        {
+            assert!(Instant::now() < deadline, "run {run} made no progress");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        if recreate {
+            // The new catalog's run gets the same id and works on another table.
+            c.batch_execute(
+                "BEGIN;
+                 DROP EXTENSION data_drip CASCADE;
+                 CREATE EXTENSION data_drip;
+                 CREATE TABLE IF NOT EXISTS new_t (id int PRIMARY KEY, n int NOT NULL DEFAULT 0);
+                 INSERT INTO new_t (id) SELECT generate_series(1, 300);
+                 SELECT drip.register('fresh', 'new_t', 'SET n = n + 1', batch_size => 50, sleep => '0');
+                 SELECT drip.start('fresh');
+                 COMMIT;",
+            )
+            .unwrap();
+        } else {
+            c.batch_execute("DROP EXTENSION data_drip CASCADE").unwrap();
+        }
+        let frozen = settled_count(&mut c, "old_t", Duration::from_millis(1500));
+        std::thread::sleep(Duration::from_secs(1));
+        let later: i64 = c
+            .query_one("SELECT count(*) FROM old_t WHERE n > 0", &[])
+            .unwrap()
+            .get(0);
+        assert_eq!(later, frozen, "old_t changed after its catalog was dropped");
+        assert!(
+            frozen < 100000,
+            "the old run finished before the drop; test too slow"
+        );
+        assert_eq!(
+            c.query_one("SELECT count(*) FROM old_t WHERE n > 1", &[])
+                .unwrap()
+                .get::<_, i64>(0),
+            0
+        );
+        if recreate {
+            let deadline = Instant::now() + Duration::from_secs(30);
+            loop {
+                let s: String = c
+                    .query_one("SELECT status FROM drip.runs WHERE backfill = 'fresh'", &[])
+                    .unwrap()
+                    .get(0);
+                if s == "completed" {
+                    break;
+                }
+                assert!(Instant::now() < deadline, "the new run is {s}");
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            assert_eq!(
+                c.query_one("SELECT count(*) FROM new_t WHERE n <> 1", &[])
+                    .unwrap()
+                    .get::<_, i64>(0),
+                0
+            );
+            c.batch_execute("DROP EXTENSION data_drip CASCADE").unwrap();
+        }
+    }
+    drop(c);
+    db.exec("DROP DATABASE drip_reinstall WITH (FORCE)");
+}
