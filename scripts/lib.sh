@@ -25,6 +25,22 @@ PGRX_VERSION=0.18.0
 # Debian packages the build and the tests need. `sudo` is needed because
 # `cargo pgrx test --runas postgres` shells out to sudo (even as root).
 DRIP_APT_PACKAGES=(postgresql-15 postgresql-server-dev-15 libclang-dev clang sudo)
+# use_pg_major NN: point PG_MAJOR, PG_CONFIG, PG_BIN and PG_REGRESS at PostgreSQL NN, made (or
+# found in its cache) by scripts/postgres.sh and registered with cargo pgrx. 15 stays Debian's.
+use_pg_major() {
+    local major="$1" cfg
+    if [[ "$major" == 15 ]]; then
+        return 0
+    fi
+    cfg="$(bash "$_DRIP_ROOT/scripts/postgres.sh" --pgrx-init "$major" | tail -n 1)"
+    [[ -x "$cfg" ]] || drip_die "scripts/postgres.sh $major printed no pg_config ('$cfg')"
+    PG_MAJOR="$major"
+    PG_CONFIG="$cfg"
+    PG_BIN="$("$cfg" --bindir)"
+    PG_REGRESS="$(dirname "$("$cfg" --pgxs)")/../test/regress/pg_regress"
+    [[ -x "$PG_REGRESS" ]] || drip_die "no pg_regress for PostgreSQL $major at $PG_REGRESS"
+}
+
 # Only needed to compile cargo-pgrx itself (openssl-sys, bzip2-sys, cc linker).
 DRIP_APT_PACKAGES_CARGO_PGRX=(build-essential pkg-config libssl-dev)
 

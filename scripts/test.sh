@@ -50,7 +50,7 @@ suite_pgrx() {
     # socket in <pgdata> itself, so <pgdata> must be writable by the user the
     # cluster runs as, and short (socket paths are limited to 107 bytes).
     local base="$ROOT/target/pgrx-test-data"
-    local -a cmd=(cargo pgrx test pg15 --pgdata "$base")
+    local -a cmd=(cargo pgrx test "pg$PG_MAJOR" --pgdata "$base")
 
     # Start clean: stop postmasters a killed earlier run left behind, wipe.
     local pidfile
@@ -71,7 +71,7 @@ suite_pgrx() {
         # pgrx installs into the PostgreSQL registered as pg15 in config.toml;
         # for the Debian packages those directories belong to root.
         local cfg extdir libdir
-        cfg="$(pgrx_pg15_config)"
+        cfg="$PG_CONFIG"
         extdir="$("$cfg" --sharedir)/extension"
         libdir="$("$cfg" --pkglibdir)"
         if [[ ! -w "$extdir" || ! -w "$libdir" ]]; then
@@ -160,6 +160,18 @@ suite_faults() {
         cargo test --test faults --test replica -- --ignored --nocapture --test-threads=1 </dev/null
 }
 
+# Other majors: the in-transaction, unit and live tests plus pg_regress against PostgreSQL NN
+# (made by scripts/postgres.sh). The fault and upgrade suites run on 15 only: they exercise our
+# own crash handling and the 0.1.0 -> 0.2.0 path, which do not differ by major.
+suite_major() {
+    use_pg_major "$1"
+    suite_pgrx
+    DRIP_INSTALL_PROFILE="${DRIP_INSTALL_PROFILE:-dev}" suite_regress
+}
+suite_pg16() { suite_major 16; }
+suite_pg17() { suite_major 17; }
+suite_pg18() { suite_major 18; }
+
 # The released 0.1.0: the v0.1.0 tag, or the commit it names when tags were not fetched.
 RELEASE_0_1_0=e525bc3b46c372735091b7faeaa232017f4553d6
 
@@ -207,6 +219,9 @@ declare -A SUITE_DESC=(
     [regress]="pg_regress pg_test/"
     [faults]="fault injection and a real standby on owned clusters (tests/faults.rs, tests/replica.rs)"
     [upgrade]="0.1.0 -> current with runs in every state; upgraded catalog == fresh install (tests/upgrade.rs)"
+    [pg16]="cargo pgrx test + pg_regress on PostgreSQL 16 (scripts/postgres.sh 16)"
+    [pg17]="cargo pgrx test + pg_regress on PostgreSQL 17 (scripts/postgres.sh 17)"
+    [pg18]="cargo pgrx test + pg_regress on PostgreSQL 18 (scripts/postgres.sh 18)"
 )
 ALL_SUITES=(lint pgrx regress faults upgrade)
 
