@@ -145,11 +145,15 @@ CREATE TABLE drip.events (
     at       timestamptz NOT NULL DEFAULT clock_timestamp(),
     event    text NOT NULL,
     run_id   bigint,
-    payload  jsonb NOT NULL
+    payload  jsonb NOT NULL,
+    xid      xid8 NOT NULL DEFAULT pg_catalog.pg_current_xact_id()
 );
 CREATE INDEX events_at ON drip.events (at);
 CREATE INDEX events_run ON drip.events (run_id, id);
+CREATE INDEX events_commit_order ON drip.events (xid, id);
 COMMENT ON TABLE drip.events IS 'Every event sent on drip_events, written in the same transaction, for consumers that were not listening (kept drip.event_retention).';
+COMMENT ON COLUMN drip.events.payload IS 'The full event (backfill name, counts, error text); row-level security shows it only to the owner''s roles.';
+COMMENT ON COLUMN drip.events.xid IS 'Transaction that wrote the event: drip.events_since reads the log in commit order with it (ids are assigned before commit, so they commit out of order).';
 
 -- The text form of a key value that any session reads back exactly: the settings that text
 -- forms depend on are pinned (the same list as CANONICAL in src/pg/settings.rs). Keys are stored
@@ -161,15 +165,48 @@ SET extra_float_digits = 3 SET bytea_output = 'hex' SET lc_monetary = 'C'
 AS $$ SELECT value::text $$;
 COMMENT ON FUNCTION drip.key_text(anyelement) IS 'Canonical text of a key value, independent of the session''s DateStyle, TimeZone, IntervalStyle, extra_float_digits, bytea_output and lc_monetary.';
 
--- Send an event: NOTIFY drip_events and a row in drip.events, in the caller's transaction.
--- Only the extension calls it (EXECUTE is revoked from PUBLIC below).
+-- Send an event: a drip.events row with the full payload (guarded by row-level security) and a
+-- NOTIFY on drip_events that every role can hear, so by default it carries only what names no
+-- one's data: the event, ids and the status. drip.notify_payload = 'full' (superuser-only) sends
+-- the full payload instead. In the caller's transaction; only the extension calls it.
 CREATE FUNCTION drip.emit(payload text) RETURNS void
-LANGUAGE sql VOLATILE AS $$
+LANGUAGE plpgsql VOLATILE AS $$
+DECLARE
+    p jsonb := payload::jsonb;
+    event_id bigint;
+BEGIN
     INSERT INTO drip.events (event, run_id, payload)
-    VALUES ((payload::jsonb) ->> 'event', ((payload::jsonb) ->> 'run_id')::bigint, payload::jsonb);
-    SELECT pg_catalog.pg_notify('drip_events', payload);
-$$;
+    VALUES (p ->> 'event', (p ->> 'run_id')::bigint, p)
+    RETURNING id INTO event_id;
+    IF pg_catalog.current_setting('drip.notify_payload', true) = 'full' THEN
+        PERFORM pg_catalog.pg_notify('drip_events', (p || jsonb_build_object('id', event_id))::text);
+    ELSE
+        PERFORM pg_catalog.pg_notify('drip_events', jsonb_strip_nulls(jsonb_build_object(
+            'id', event_id, 'event', p -> 'event', 'run_id', p -> 'run_id',
+            'batch', p -> 'batch', 'status', p -> 'status'))::text);
+    END IF;
+END $$;
 REVOKE ALL ON FUNCTION drip.emit(text) FROM PUBLIC;
+
+-- The event log in commit order, for pollers and reconnecting listeners: events after `after`
+-- (a cursor this function returned; NULL: from the start) whose transactions have ended, oldest
+-- commit first. Ids are assigned before commit, so `id > last_seen` misses events that commit
+-- late; this reads only below the oldest transaction still running, where nothing new can
+-- appear, and orders by (transaction, id). Row-level security applies.
+CREATE FUNCTION drip.events_since(after text DEFAULT NULL, max_rows integer DEFAULT 1000)
+RETURNS TABLE (id bigint, at timestamptz, event text, run_id bigint, payload jsonb, cursor text)
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT e.id, e.at, e.event, e.run_id, e.payload, e.xid::text || ':' || e.id
+    FROM drip.events e
+    WHERE (e.xid, e.id) > (coalesce(split_part(after, ':', 1), '0')::xid8,
+                           coalesce(nullif(split_part(after, ':', 2), ''), '0')::bigint)
+      AND e.xid < pg_snapshot_xmin(pg_current_snapshot())
+    ORDER BY e.xid, e.id
+    LIMIT greatest(max_rows, 0)
+$$;
+COMMENT ON FUNCTION drip.events_since(text, integer) IS 'Events in commit order after a cursor (NULL: from the start); pass the last row''s cursor to the next call. Never skips or repeats an event.';
 
 -- Who may see what: a backfill, its runs and their batches are visible to its owner, to members
 -- of the owner role and to superusers, and to nobody else. Nobody but the catalog owner may write

@@ -10,7 +10,7 @@ use serde_json::Value;
 
 use crate::catalog;
 use crate::compile::{self, Definition, Source};
-use crate::error::{DripError, DripResult, OrRaise};
+use crate::error::{required, DripError, DripResult, OrRaise};
 use crate::params;
 use crate::pg::{identity, types};
 use crate::security;
@@ -84,53 +84,56 @@ impl BatchOptions {
 #[allow(clippy::too_many_arguments)]
 #[pg_extern(volatile, parallel_unsafe)]
 fn register_internal(
-    name: &str,
-    relation: pg_sys::Oid,
-    action: &str,
+    name: Option<&str>,
+    relation: Option<pg_sys::Oid>,
+    action: Option<&str>,
     scope: Option<&str>,
     params: Option<JsonB>,
     key: Option<Vec<String>>,
-    batch_size: i32,
-    sleep: Interval,
-    max_attempts: i32,
+    batch_size: Option<i32>,
+    sleep: Option<Interval>,
+    max_attempts: Option<i32>,
     description: Option<&str>,
-    replace: bool,
-    lock_timeout: Interval,
-    statement_timeout: Interval,
+    replace: Option<bool>,
+    lock_timeout: Option<Interval>,
+    statement_timeout: Option<Interval>,
     target_batch_time: Option<Interval>,
-    min_batch_size: i32,
-    max_batch_size: i32,
-    max_replica_lag: Interval,
+    min_batch_size: Option<i32>,
+    max_batch_size: Option<i32>,
+    max_replica_lag: Option<Interval>,
     throttle_query: Option<&str>,
-    mode: &str,
-    on_row_error: &str,
+    mode: Option<&str>,
+    on_row_error: Option<&str>,
 ) {
-    let definition = NewBackfill {
-        name,
-        relation,
-        action,
-        scope: scope.filter(|s| !s.trim().is_empty()),
-        params: params
-            .map(|j| j.0)
-            .unwrap_or(Value::Object(Default::default())),
-        key,
-        max_attempts,
-        description,
-        throttle_query: throttle_query.filter(|q| !q.trim().is_empty()),
-        mode,
-        on_row_error,
+    let call = || -> DripResult<()> {
+        let definition = NewBackfill {
+            name: required(name, "name")?,
+            relation: required(relation, "relation")?,
+            action: required(action, "action")?,
+            scope: scope.filter(|s| !s.trim().is_empty()),
+            params: params
+                .map(|j| j.0)
+                .unwrap_or(Value::Object(Default::default())),
+            key,
+            max_attempts: required(max_attempts, "max_attempts")?,
+            description,
+            throttle_query: throttle_query.filter(|q| !q.trim().is_empty()),
+            mode: required(mode, "mode")?,
+            on_row_error: required(on_row_error, "on_row_error")?,
+        };
+        let options = BatchOptions {
+            batch_size: required(batch_size, "batch_size")?,
+            sleep: required(sleep, "sleep")?,
+            lock_timeout: required(lock_timeout, "lock_timeout")?,
+            statement_timeout: required(statement_timeout, "statement_timeout")?,
+            target_batch_time,
+            min_batch_size: required(min_batch_size, "min_batch_size")?,
+            max_batch_size: required(max_batch_size, "max_batch_size")?,
+            max_replica_lag: required(max_replica_lag, "max_replica_lag")?,
+        };
+        register_impl(&definition, &options, required(replace, "replace")?)
     };
-    let options = BatchOptions {
-        batch_size,
-        sleep,
-        lock_timeout,
-        statement_timeout,
-        target_batch_time,
-        min_batch_size,
-        max_batch_size,
-        max_replica_lag,
-    };
-    finish_call(register_impl(&definition, &options, replace))
+    finish_call(call())
 }
 
 /// What `register` is asked to store.
@@ -283,8 +286,8 @@ fn insert_backfill(
 
 /// Forget a backfill and its finished runs. Refused while it has an active run.
 #[pg_extern(volatile, parallel_unsafe)]
-fn unregister(name: &str) {
-    finish_call(unregister_impl(name))
+fn unregister(name: Option<&str>) {
+    finish_call(required(name, "name").and_then(unregister_impl))
 }
 
 fn unregister_impl(name: &str) -> DripResult<()> {
@@ -313,7 +316,7 @@ fn unregister_impl(name: &str) -> DripResult<()> {
 #[pg_extern(volatile, parallel_unsafe)]
 #[allow(clippy::too_many_arguments)]
 fn start(
-    name: &str,
+    name: Option<&str>,
     params: default!(Option<JsonB>, "'{}'"),
     batch_size: default!(Option<i32>, "NULL"),
     sleep: default!(Option<Interval>, "NULL"),
@@ -328,10 +331,18 @@ fn start(
     throttle_query: default!(Option<&str>, "NULL"),
     from_key: default!(Option<&str>, "NULL"),
     to_key: default!(Option<&str>, "NULL"),
-    follow_inserts: default!(bool, false),
+    follow_inserts: default!(Option<bool>, false),
     after: default!(Option<i64>, "NULL"),
-    parallel: default!(i32, 1),
+    parallel: default!(Option<i32>, 1),
 ) -> i64 {
+    let (name, follow_inserts, parallel) = match (
+        required(name, "name"),
+        required(follow_inserts, "follow_inserts"),
+        required(parallel, "parallel"),
+    ) {
+        (Ok(n), Ok(f), Ok(p)) => (n, f, p),
+        (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)) => e.raise(),
+    };
     let range = RunRange {
         from_key,
         to_key,
@@ -559,17 +570,58 @@ fn start_impl(
         Ok(definition)
     })?;
     overrides.check()?;
+    if let Some(at) = start_at {
+        let finite =
+            Spi::get_one_with_args::<bool>("SELECT pg_catalog.isfinite($1)", &[at.into()])?
+                .unwrap_or(false);
+        if !finite {
+            let text = Spi::get_one_with_args::<String>("SELECT $1::text", &[at.into()])?
+                .unwrap_or_default();
+            return Err(DripError::UnschedulableStartAt(text));
+        }
+    }
     if !(1..=64).contains(&range.parallel) {
         return Err(DripError::BadOption(format!(
             "parallel must be between 1 and 64, got {}",
             range.parallel
         )));
     }
+    let def = Definition::from_json(&definition)?;
+    // The scope, action, parameter types and keys are resolved with the search_path registered
+    // with the backfill, as the runner does, not with the caller's.
+    let search_path = def.search_path.clone();
+    crate::pg::settings::with(&[(c"search_path", search_path.as_str())], || {
+        start_planned(
+            name,
+            &definition,
+            &def,
+            values,
+            overrides,
+            range,
+            start_at,
+            note,
+            caller,
+        )
+    })
+}
+
+/// `start` once the definition is read and checked: plan the run and store it.
+#[allow(clippy::too_many_arguments)]
+fn start_planned(
+    name: &str,
+    definition: &Value,
+    def: &Definition,
+    values: Option<JsonB>,
+    overrides: &RunOverrides,
+    range: &RunRange,
+    start_at: Option<TimestampWithTimeZone>,
+    note: Option<&str>,
+    caller: pg_sys::Oid,
+) -> DripResult<i64> {
     let throttle_query = overrides
         .throttle_query
         .map(compile::throttle_query)
         .transpose()?;
-    let def = Definition::from_json(&definition)?;
     let compiled = def.compile()?;
     let decls: Vec<params::ParamDecl> = compiled.params.iter().map(|(d, _)| d.clone()).collect();
     let values = values.map(|j| j.0).unwrap_or(Value::Null);
@@ -731,27 +783,27 @@ fn control(run_id: i64, what: Control) -> DripResult<String> {
 
 /// Pause an enqueued or running run; a batch in flight finishes first. Returns the new status.
 #[pg_extern(volatile, parallel_unsafe)]
-fn pause(run_id: i64) -> String {
-    finish_call(control(run_id, Control::Pause))
+fn pause(run_id: Option<i64>) -> String {
+    finish_call(required(run_id, "run_id").and_then(|id| control(id, Control::Pause)))
 }
 
 /// Resume a paused run from its cursor. Returns the new status.
 #[pg_extern(volatile, parallel_unsafe)]
-fn resume(run_id: i64) -> String {
-    finish_call(control(run_id, Control::Resume))
+fn resume(run_id: Option<i64>) -> String {
+    finish_call(required(run_id, "run_id").and_then(|id| control(id, Control::Resume)))
 }
 
 /// Stop an active run for good; a batch in flight finishes first. Returns the new status.
 #[pg_extern(volatile, parallel_unsafe)]
-fn stop(run_id: i64) -> String {
-    finish_call(control(run_id, Control::Stop))
+fn stop(run_id: Option<i64>) -> String {
+    finish_call(required(run_id, "run_id").and_then(|id| control(id, Control::Stop)))
 }
 
 /// Move a failed or stopped run back to enqueued; it goes on from its cursor with fresh attempts.
 /// Another active run of the same backfill blocks it. Returns the new status.
 #[pg_extern(volatile, parallel_unsafe)]
-fn retry(run_id: i64) -> String {
-    finish_call(retry_impl(run_id))
+fn retry(run_id: Option<i64>) -> String {
+    finish_call(required(run_id, "run_id").and_then(retry_impl))
 }
 
 fn retry_impl(run_id: i64) -> DripResult<String> {
@@ -778,7 +830,7 @@ fn retry_impl(run_id: i64) -> DripResult<String> {
 /// `drip.alter`, which returns the run's row.
 #[pg_extern(volatile, parallel_unsafe)]
 fn alter_internal(
-    run_id: i64,
+    run_id: Option<i64>,
     batch_size: Option<i32>,
     sleep: Option<Interval>,
     target_batch_time: Option<Interval>,
@@ -795,7 +847,9 @@ fn alter_internal(
         max_replica_lag,
         throttle_query: None,
     };
-    alter_impl(run_id, &changes).or_raise();
+    required(run_id, "run_id")
+        .and_then(|id| alter_impl(id, &changes))
+        .or_raise();
 }
 
 fn alter_impl(run_id: i64, changes: &RunOverrides) -> DripResult<()> {

@@ -343,6 +343,9 @@ pub struct Definition {
     pub max_attempts: i32,
     /// The owner role; scope and action run with its privileges.
     pub owner_oid: u32,
+    /// The owner's name (regrole text), to check `owner_oid` against.
+    #[serde(default)]
+    pub owner: String,
     /// search_path of the registering session, for the scope and action.
     #[serde(default)]
     pub search_path: String,
@@ -362,9 +365,39 @@ fn default_on_row_error() -> String {
 }
 
 impl Definition {
+    /// Read a definition copy and check its stored oids. After a dump and restore (or in another
+    /// cluster) the oids name other objects or none: an oid is used only while it still names
+    /// the relation (schema-qualified) and role the definition was made for; otherwise the
+    /// object of that name now is used.
     pub fn from_json(v: &Value) -> DripResult<Definition> {
-        serde_json::from_value(v.clone())
-            .map_err(|e| DripError::Internal(format!("corrupt definition copy: {e}")))
+        let mut def: Definition = serde_json::from_value(v.clone())
+            .map_err(|e| DripError::Internal(format!("corrupt definition copy: {e}")))?;
+        def.recheck_oids()?;
+        Ok(def)
+    }
+
+    fn recheck_oids(&mut self) -> DripResult<()> {
+        let (relation, owner) = Spi::get_two_with_args::<pg_sys::Oid, pg_sys::Oid>(
+            "SELECT coalesce((SELECT c.oid FROM pg_catalog.pg_class c \
+                                JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
+                               WHERE c.oid = $1 \
+                                 AND pg_catalog.quote_ident(n.nspname) || '.' || pg_catalog.quote_ident(c.relname) = $2), \
+                             pg_catalog.to_regclass($2)::oid), \
+                    coalesce((SELECT r.oid FROM pg_catalog.pg_roles r \
+                               WHERE r.oid = $3 AND ($4 = '' OR pg_catalog.quote_ident(r.rolname) = $4)), \
+                             (SELECT r.oid FROM pg_catalog.pg_roles r WHERE pg_catalog.quote_ident(r.rolname) = $4))",
+            &[
+                pg_sys::Oid::from(self.relation_oid).into(),
+                self.relation.as_str().into(),
+                pg_sys::Oid::from(self.owner_oid).into(),
+                self.owner.as_str().into(),
+            ],
+        )?;
+        // Neither the stored oid nor the name: the relation is gone (never another one's oid).
+        self.relation_oid = relation.map_or(0, |o| o.to_u32());
+        // No such role: owner checks then fail with "owner role no longer exists".
+        self.owner_oid = owner.map_or(0, |o| o.to_u32());
+        Ok(())
     }
 
     pub fn owner(&self) -> pg_sys::Oid {

@@ -66,6 +66,18 @@ pub enum DripError {
         message: String,
         sqlstate: PgSqlErrorCode,
     },
+    #[error("run {0} was created or changed by this transaction, so it cannot start before the transaction commits")]
+    WaitInOwnTransaction(i64),
+    #[error("run {run_id} waits for run {after}, which is {status}")]
+    WaitsForRun {
+        run_id: i64,
+        after: i64,
+        status: String,
+    },
+    #[error("argument \"{0}\" must not be NULL")]
+    NullArgument(&'static str),
+    #[error("start_at {0} cannot be scheduled")]
+    UnschedulableStartAt(String),
     #[error("{0}")]
     BadOption(String),
     #[error("backfill \"{backfill}\" already has an active run {run_id} ({status})")]
@@ -133,6 +145,10 @@ impl DripError {
             DripError::NotCompleted { .. } => ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
             DripError::RunBusy(_) => ERRCODE_OBJECT_IN_USE,
             DripError::CatalogVersion { .. } => ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+            DripError::UnschedulableStartAt(_) => ERRCODE_DATETIME_FIELD_OVERFLOW,
+            DripError::NullArgument(_) => ERRCODE_NULL_VALUE_NOT_ALLOWED,
+            DripError::WaitInOwnTransaction(_) => ERRCODE_INVALID_TRANSACTION_STATE,
+            DripError::WaitsForRun { .. } => ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
             DripError::Internal(_) => ERRCODE_INTERNAL_ERROR,
         }
     }
@@ -199,6 +215,21 @@ impl DripError {
             DripError::RunBusy(run_id) => format!(
                 "Pause it first (SELECT drip.pause({run_id})), then CALL drip.finish({run_id})."
             ),
+            DripError::WaitInOwnTransaction(run_id) => format!(
+                "Start the run in one statement and wait in the next, outside a transaction block: SELECT drip.start(...); then SELECT drip.wait({run_id});"
+            ),
+            DripError::WaitsForRun { after, .. } => format!(
+                "It starts once run {after} has completed: finish that one first (CALL drip.finish({after})), or let the workers run both."
+            ),
+            DripError::NullArgument(name) => format!(
+                "Pass a value for {name}. The README's reference lists the arguments that accept NULL and what NULL means for each."
+            ),
+            DripError::UnschedulableStartAt(_) => {
+                "Pass a finite time such as now() + interval '1 hour', or NULL to start at once.".into()
+            }
+            DripError::BadKeyValue { .. } => {
+                "Give key values in the key column's type, e.g. from_key => '2024-01-01'; a composite key as a JSON array.".into()
+            }
             DripError::CatalogVersion { library, .. } => format!(
                 "Run ALTER EXTENSION data_drip UPDATE TO '{library}' in this database (the package was upgraded, the catalog not yet)."
             ),
@@ -216,6 +247,11 @@ impl DripError {
         report.report(PgLogLevel::ERROR);
         unreachable!("ereport(ERROR) returned")
     }
+}
+
+/// A SQL argument that has no meaning as NULL: its value, or 22004 naming it.
+pub fn required<T>(value: Option<T>, argument: &'static str) -> DripResult<T> {
+    value.ok_or(DripError::NullArgument(argument))
 }
 
 /// Unwrap a domain result inside a SQL function, raising the error as a Postgres ERROR.

@@ -74,10 +74,36 @@ fn base(event: &str, run_id: i64, backfill: &str, status: &str, at: &str) -> Map
     m
 }
 
-fn finish(m: Map<String, Value>) -> String {
-    let s = Value::Object(m).to_string();
-    debug_assert!(s.len() < 8000);
-    s
+/// Serialize, guaranteeing the NOTIFY limit whatever the texts hold: JSON escaping can grow a
+/// text six-fold (control characters become `\u00XX`), so the free-text fields are cut further
+/// until the whole payload fits. A failure must always be recordable.
+fn finish(mut m: Map<String, Value>) -> String {
+    loop {
+        let s = Value::Object(m.clone()).to_string();
+        if s.len() < MAX_PAYLOAD {
+            return s;
+        }
+        let mut shortened = false;
+        for field in ["error", "reason", "backfill"] {
+            if let Some(Value::String(text)) = m.get(field) {
+                if !text.is_empty() {
+                    let cut = if text.len() <= 8 {
+                        String::new()
+                    } else {
+                        truncate(text, text.len() / 2)
+                    };
+                    m.insert(field.into(), json!(cut));
+                    shortened = true;
+                    break;
+                }
+            }
+        }
+        if !shortened {
+            // Nothing left to cut (cannot happen with our fields); never exceed the limit.
+            m.retain(|k, _| matches!(k.as_str(), "event" | "run_id" | "status" | "batch"));
+            return Value::Object(m).to_string();
+        }
+    }
 }
 
 /// Cut `s` to at most `max` bytes on a character boundary, marking the cut.
@@ -145,6 +171,35 @@ mod tests {
         assert_eq!(v["event"], "batch_completed");
         assert_eq!(v["batch"], 3);
         assert_eq!(v["rows"], 500);
+    }
+
+    #[test]
+    fn any_error_text_fits_the_notify_limit() {
+        // Control characters escape to six bytes each; multi-byte characters, quotes and
+        // backslashes too must never push a payload past the limit.
+        let cases = [
+            "\u{1}".repeat(20_000),
+            "\\\"".repeat(5_000),
+            "\u{7f}\u{1b}[31mé😀".repeat(3_000),
+            "x".repeat(100_000),
+        ];
+        for text in &cases {
+            let run = RunInfo {
+                run_id: i64::MAX,
+                backfill: text,
+                rows_done: i64::MAX,
+                batches_done: i64::MAX,
+            };
+            for p in [
+                run_event("failed", &run, Some(text), text),
+                throttled_event(&run, text, "t"),
+                batch_event("failed", 1, text, i64::MAX, i64::MAX, Some(text), "t"),
+            ] {
+                assert!(p.len() < MAX_PAYLOAD, "{} bytes", p.len());
+                let v: Value = serde_json::from_str(&p).unwrap();
+                assert!(v.get("event").is_some());
+            }
+        }
     }
 
     #[test]

@@ -2,7 +2,22 @@
 
 use std::ffi::CString;
 
-use pgrx::guc::{GucContext, GucFlags, GucRegistry, GucSetting};
+use pgrx::guc::{GucContext, GucFlags, GucRegistry, GucSetting, PostgresGucEnum};
+
+/// What `NOTIFY drip_events` carries. Any role can LISTEN, and notifications bypass row-level
+/// security, so the default names nobody's data.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PostgresGucEnum)]
+pub enum NotifyPayload {
+    /// The event, ids (event, run, batch) and the status.
+    #[name = c"minimal"]
+    Minimal,
+    /// The whole event: backfill name, counts, error texts (single-tenant installations).
+    #[name = c"full"]
+    Full,
+}
+
+pub static NOTIFY_PAYLOAD: GucSetting<NotifyPayload> =
+    GucSetting::<NotifyPayload>::new(NotifyPayload::Minimal);
 
 /// Most runs executing at once in one database; more wait as `enqueued`.
 pub static MAX_RUNS: GucSetting<i32> = GucSetting::<i32>::new(2);
@@ -31,6 +46,14 @@ pub fn define(in_preload: bool) {
         0,
         1024,
         GucContext::Sighup,
+        GucFlags::default(),
+    );
+    GucRegistry::define_enum_guc(
+        c"drip.notify_payload",
+        c"What NOTIFY drip_events carries: minimal (event, ids, status) or full (the whole event).",
+        c"Every role can LISTEN and notifications bypass row-level security: full exposes backfill names, counts and error texts (which may contain row data) to all roles. Only superusers may change it.",
+        &NOTIFY_PAYLOAD,
+        GucContext::Suset,
         GucFlags::default(),
     );
     GucRegistry::define_int_guc(

@@ -220,6 +220,25 @@ pub fn json_kind(v: &Value) -> &'static str {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn json_numbers_keep_their_exact_text() {
+        // Digits are kept exactly; serde_json only spells an exponent with its sign.
+        for (json, text) in [
+            ("0.12345678901234567890123", "0.12345678901234567890123"),
+            ("1e400", "1e+400"),
+            ("-0.0", "-0.0"),
+            (
+                "12345678901234567890123456789",
+                "12345678901234567890123456789",
+            ),
+        ] {
+            let v: Value = serde_json::from_str(json).unwrap();
+            assert_eq!(input_text(&v, false).as_deref(), Some(text));
+            let arr: Value = serde_json::from_str(&format!("[{json}]")).unwrap();
+            assert_eq!(input_text(&arr, true), Some(format!("{{{text}}}")));
+        }
+    }
+
     use super::*;
     use serde_json::json;
 

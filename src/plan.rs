@@ -29,7 +29,7 @@ type PlanRow = (
 #[pg_extern(volatile, parallel_unsafe)]
 #[allow(clippy::type_complexity)]
 fn plan(
-    name: &str,
+    name: Option<&str>,
     params: default!(Option<JsonB>, "'{}'"),
 ) -> TableIterator<
     'static,
@@ -43,7 +43,11 @@ fn plan(
         name!(warning, Option<String>),
     ),
 > {
-    TableIterator::once(plan_impl(name, params).or_raise())
+    TableIterator::once(
+        crate::error::required(name, "name")
+            .and_then(|n| plan_impl(n, params))
+            .or_raise(),
+    )
 }
 
 fn plan_impl(name: &str, values: Option<JsonB>) -> DripResult<PlanRow> {
@@ -55,6 +59,18 @@ fn plan_impl(name: &str, values: Option<JsonB>) -> DripResult<PlanRow> {
         Ok(definition)
     })?;
     let def = Definition::from_json(&definition)?;
+    // Resolved with the backfill's registered search_path, as the runner does.
+    let search_path = def.search_path.clone();
+    crate::pg::settings::with(&[(c"search_path", search_path.as_str())], || {
+        plan_definition(&definition, &def, values)
+    })
+}
+
+fn plan_definition(
+    definition: &Value,
+    def: &Definition,
+    values: Option<JsonB>,
+) -> DripResult<PlanRow> {
     let batch_size = definition
         .get("batch_size")
         .and_then(Value::as_i64)

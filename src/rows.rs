@@ -17,8 +17,10 @@ use crate::security;
 
 /// Process the failed rows of a run again; returns how many now succeeded.
 #[pg_extern(volatile, parallel_unsafe)]
-fn retry_rows(run_id: i64) -> i64 {
-    retry_rows_impl(run_id).or_raise()
+fn retry_rows(run_id: Option<i64>) -> i64 {
+    crate::error::required(run_id, "run_id")
+        .and_then(retry_rows_impl)
+        .or_raise()
 }
 
 fn retry_rows_impl(run_id: i64) -> DripResult<i64> {

@@ -13,10 +13,11 @@ use pgrx::prelude::*;
 use pgrx::{register_xact_callback, PgXactCallbackEvent};
 
 use crate::catalog;
-use crate::error::{DripError, DripResult, OrRaise};
-use crate::pg::{identity, wake};
+use crate::error::{required, DripError, DripResult, OrRaise};
+use crate::pg::{client, identity, wake};
 use crate::security;
 use crate::status::RunStatus;
+use crate::worker::launch;
 use crate::worker::locks::run_key;
 
 /// First key of a waiter's advisory lock.
@@ -27,8 +28,10 @@ const MAX_NAP: Duration = Duration::from_secs(1);
 
 /// Block until the run is completed, failed or stopped, and return that status.
 #[pg_extern(volatile, parallel_unsafe)]
-fn wait(run_id: i64, timeout: default!(Option<Interval>, "NULL")) -> String {
-    wait_impl(run_id, timeout).or_raise()
+fn wait(run_id: Option<i64>, timeout: default!(Option<Interval>, "NULL")) -> String {
+    required(run_id, "run_id")
+        .and_then(|id| wait_impl(id, timeout))
+        .or_raise()
 }
 
 fn wait_impl(run_id: i64, timeout: Option<Interval>) -> DripResult<String> {
@@ -52,8 +55,22 @@ fn wait_impl(run_id: i64, timeout: Option<Interval>) -> DripResult<String> {
     };
     security::as_catalog(|| {
         let run = catalog::read_run(run_id)?.ok_or(DripError::UnknownRun(run_id))?;
-        security::check_control(caller, catalog::run_owner(run_id)?, &run.backfill)
+        security::check_control(caller, catalog::run_owner(run_id)?, &run.backfill)?;
+        // A run this transaction created (or changed) cannot make progress before it commits:
+        // waiting here would block for ever.
+        let xmin = Spi::get_one_with_args::<i64>(
+            "SELECT r.xmin::text::bigint FROM drip.runs r WHERE r.id = $1",
+            &[run_id.into()],
+        )?
+        .unwrap_or(0);
+        if client::written_by_this_transaction(xmin as u32) {
+            return Err(DripError::WaitInOwnTransaction(run_id));
+        }
+        Ok(())
     })?;
+    // After a restart without shared_preload_libraries nobody may be executing the run yet:
+    // start the recovery now rather than at the end of this statement.
+    launch::launch_scheduler(wake::my_database_oid());
     Spi::run_with_args(
         "SELECT pg_catalog.pg_advisory_xact_lock_shared($1, $2)",
         &[WAIT_KEY.into(), run_key(run_id).into()],
@@ -87,13 +104,16 @@ fn wait_impl(run_id: i64, timeout: Option<Interval>) -> DripResult<String> {
             None => MAX_NAP,
         };
         wake::wait_on_latch(nap);
+        client::end_session_if_client_gone();
     }
 }
 
 /// Raise unless the backfill's latest run completed.
 #[pg_extern(volatile, parallel_unsafe)]
-fn assert_completed(name: &str) {
-    assert_completed_impl(name).or_raise()
+fn assert_completed(name: Option<&str>) {
+    required(name, "name")
+        .and_then(assert_completed_impl)
+        .or_raise()
 }
 
 fn assert_completed_impl(name: &str) -> DripResult<()> {

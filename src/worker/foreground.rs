@@ -14,8 +14,10 @@ use crate::worker::runner::{self, FgStep};
 
 /// Take the run for this session (internal; called by drip.finish).
 #[pg_extern(volatile, parallel_unsafe)]
-fn finish_begin(run_id: i64) {
-    begin(run_id).or_raise()
+fn finish_begin(run_id: Option<i64>) {
+    crate::error::required(run_id, "run_id")
+        .and_then(begin)
+        .or_raise()
 }
 
 fn begin(run_id: i64) -> DripResult<()> {
@@ -35,6 +37,21 @@ fn begin(run_id: i64) -> DripResult<()> {
             &[run_id.into()],
         )?
         .unwrap_or(1);
+        // Like the workers, finish honours `after`: the awaited run must have completed.
+        let awaited = Spi::get_two_with_args::<i64, String>(
+            "SELECT a.id, a.status FROM drip.runs r JOIN drip.runs a ON a.id = r.after_run \
+             WHERE r.id = $1 AND r.status = 'pending'",
+            &[run_id.into()],
+        );
+        if let Ok((Some(after), Some(status))) = awaited {
+            if status != "completed" {
+                return Err(DripError::WaitsForRun {
+                    run_id,
+                    after,
+                    status,
+                });
+            }
+        }
         if parallel > 1 {
             return Err(DripError::BadOption(format!(
                 "run {run_id} is a parallel run ({parallel} slices); drip.finish runs only single-worker runs"

@@ -207,11 +207,18 @@ impl Runner {
                 Err(e) => {
                     let gave_up = transaction::run(|| self.record_failure(&batch, &e))
                         .unwrap_or_else(|e2| {
+                            // The failure must end the run even when its text cannot be
+                            // recorded; otherwise the run would be requeued for ever.
                             warning!(
-                                "data_drip run {}: cannot record failure: {}",
+                                "data_drip run {}: cannot record the failure of batch {}: {} ({})",
                                 self.run_id,
-                                e2.message
+                                batch.no,
+                                e2.message,
+                                e2.sqlstate
                             );
+                            let _ = transaction::run(|| {
+                                fail_unrecordable(self.run_id, batch.no, &e.sqlstate, &e2.sqlstate)
+                            });
                             true
                         });
                     if gave_up {
@@ -866,6 +873,31 @@ fn fail_run(run_id: i64, message: &str) {
     }
 }
 
+/// Last resort when a batch failure could not be recorded: mark the batch and the run failed
+/// with texts of our own (the error's text is what could not be stored).
+fn fail_unrecordable(run_id: i64, batch_no: i64, sqlstate: &str, record_sqlstate: &str) {
+    let message = format!(
+        "batch {batch_no} failed with SQLSTATE {sqlstate}; its error text could not be recorded \
+         (SQLSTATE {record_sqlstate}), see the server log"
+    );
+    Spi::run_with_args(
+        "UPDATE drip.batches SET status = 'failed', error = $3, sqlstate = $4, \
+         finished_at = clock_timestamp() WHERE run_id = $1 AND batch_no = $2",
+        &[
+            run_id.into(),
+            batch_no.into(),
+            message.as_str().into(),
+            sqlstate.into(),
+        ],
+    )
+    .or_raise_spi();
+    if let Some(run) = catalog::read_run(run_id).or_raise() {
+        if run.status.is_active() {
+            catalog::set_run_status(&run, RunStatus::Failed, Some(&message)).or_raise();
+        }
+    }
+}
+
 /// Take the run's lock and move it from enqueued to running. None if another runner has it or
 /// it is no longer enqueued.
 fn claim(run_id: i64, slice: Option<i32>) -> Option<Runner> {
@@ -986,8 +1018,20 @@ fn claim_locked(run_id: i64, slice: Option<i32>) -> Option<Runner> {
         })
         .collect();
 
-    // A batch left running by a worker that died: record it as interrupted and do it again.
+    // A batch left running by a worker that died: record it as interrupted and do it again,
+    // unless its attempts are used up (a batch that keeps killing its worker must not loop).
     let retry = interrupted_batch(&run, slice);
+    if let Some(b) = retry.as_ref().filter(|b| b.attempts > def.max_attempts) {
+        let message = format!(
+            "batch {} was interrupted {} times (its worker died each time); max_attempts is {}",
+            b.no,
+            b.attempts - 1,
+            def.max_attempts
+        );
+        catalog::set_run_status(&run, RunStatus::Failed, Some(&message)).or_raise();
+        release_run(run_id);
+        return None;
+    }
     Some(Runner {
         run_id,
         instance: extension::current()?,

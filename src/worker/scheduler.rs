@@ -11,7 +11,7 @@ use pgrx::prelude::*;
 use crate::catalog::{self, RunRow, RUN_COLUMNS};
 use crate::error::OrRaise;
 use crate::guc;
-use crate::pg::{extension, signals, transaction, wake};
+use crate::pg::{extension, signals, subxact, transaction, wake};
 use crate::worker::launch;
 use crate::worker::locks::{LIVE_WORKERS_SQL, RUNNER_ALIVE_SQL, SCHEDULER_KEY, SLICE_ALIVE_SQL};
 
@@ -114,6 +114,7 @@ impl Scheduler {
                 if !self.probe {
                     log!("data_drip scheduler: extension dropped, exiting");
                 }
+                self.hand_over();
                 return;
             }
             if self.probe && !tick.has_work {
@@ -177,6 +178,22 @@ impl Scheduler {
                 warning!("data_drip scheduler: {}", e.message);
                 false
             }
+        }
+    }
+
+    /// Our catalog is gone. If it was replaced (DROP and CREATE EXTENSION in one transaction), a
+    /// scheduler started for the new catalog may have found our lock and left: let go of the
+    /// lock and start one that serves the new catalog.
+    fn hand_over(&self) {
+        let _ = transaction::run(|| {
+            Spi::run_with_args(
+                "SELECT pg_catalog.pg_advisory_unlock($1, 0)",
+                &[SCHEDULER_KEY.into()],
+            )
+        });
+        let replaced = transaction::run(|| extension::current().is_some()).unwrap_or(false);
+        if replaced {
+            launch::launch_scheduler(self.db);
         }
     }
 
@@ -285,8 +302,28 @@ fn tick(instance: &extension::Instance) -> Tick {
             next_start_in: None,
         };
     }
-    // Runs marked running whose runner is gone (killed, crashed, server restarted): queue them
-    // again; the next runner resumes from the cursor.
+    // Each step runs in its own subtransaction: whatever one run's data does to a step, the
+    // other steps (and launching runners for the other runs) go on.
+    isolated("requeue", requeue_lost);
+    isolated("fail dependents", fail_dependents);
+    isolated("promote", promote_pending);
+    launchable()
+}
+
+/// Run one step of a tick in a subtransaction; an error is logged and rolled back alone.
+fn isolated(step: &str, f: fn()) {
+    if let Err(e) = subxact::try_in_subtransaction(f) {
+        warning!(
+            "data_drip scheduler: {step}: {} ({})",
+            e.message,
+            e.sqlstate
+        );
+    }
+}
+
+/// Runs marked running whose runner is gone (killed, crashed, server restarted): queue them
+/// again; the next runner resumes from the cursor.
+fn requeue_lost() {
     for row in run_rows(&format!(
         "UPDATE drip.runs r SET status = 'enqueued', worker_pid = NULL \
          WHERE r.status = 'running' AND NOT {RUNNER_ALIVE_SQL} \
@@ -295,7 +332,10 @@ fn tick(instance: &extension::Instance) -> Tick {
         log!("data_drip: run {} lost its worker; enqueued again", row.id);
         catalog::notify_run(&row, None).or_raise();
     }
-    // Pending runs that wait for another run which failed or was stopped: they fail too.
+}
+
+/// Pending runs that wait for another run which failed or was stopped: they fail too.
+fn fail_dependents() {
     let failed = Spi::connect_mut(|c| {
         let t = c.update(
             &format!(
@@ -316,7 +356,10 @@ fn tick(instance: &extension::Instance) -> Tick {
     for (row, error) in failed {
         catalog::notify_run(&row, Some(&error)).or_raise();
     }
-    // Pending runs whose time has come and whose awaited run (if any) completed.
+}
+
+/// Pending runs whose time has come and whose awaited run (if any) completed.
+fn promote_pending() {
     for row in run_rows(&format!(
         "UPDATE drip.runs r SET status = 'enqueued' \
          WHERE r.status = 'pending' AND coalesce(r.start_at, '-infinity') <= now() \
@@ -326,6 +369,10 @@ fn tick(instance: &extension::Instance) -> Tick {
     )) {
         catalog::notify_run(&row, None).or_raise();
     }
+}
+
+/// What can run now, and when the next pending run is due.
+fn launchable() -> Tick {
     let (running, enqueued, next_ms) = Spi::connect(|c| {
         // Workers alive now (one per run, or one per slice of a parallel run).
         let running = c.select(LIVE_WORKERS_SQL, None, &[])?.first().get_one::<i64>()?.unwrap_or(0);
@@ -351,8 +398,10 @@ fn tick(instance: &extension::Instance) -> Tick {
         }
         let next_ms = c
             .select(
-                "SELECT ceil(extract(epoch FROM min(start_at) - clock_timestamp()) * 1000)::bigint \
-                 FROM drip.runs WHERE status = 'pending'",
+                // Capped at an hour, and only finite times: a far or infinite start_at never
+                // overflows the arithmetic.
+                "SELECT ceil(least(extract(epoch FROM min(start_at) - clock_timestamp()), 3600) * 1000)::bigint \
+                 FROM drip.runs WHERE status = 'pending' AND isfinite(start_at)",
                 None,
                 &[],
             )?

@@ -7,22 +7,46 @@ use serde_json::Value;
 
 use super::{connect, db};
 
-/// Drain the notifications a listening client has received so far for `run`.
+/// The only keys a notification may carry by default (drip.notify_payload = 'minimal').
+const MINIMAL_KEYS: &[&str] = &["id", "event", "run_id", "batch", "status"];
+
+/// Drain the notifications a listening client has received so far for `run`, and read each
+/// event's full payload from drip.events by the notification's id, as a listener is told to.
 fn received(listener: &mut postgres::Client, run: i64) -> Vec<Value> {
     // Any round trip makes the client read what the server has sent.
     listener.batch_execute("SELECT 1").unwrap();
-    let mut out = Vec::new();
-    let mut notifications = listener.notifications();
-    let mut it = notifications.timeout_iter(Duration::from_millis(200));
-    while let Some(n) = it.next().unwrap() {
-        assert_eq!(n.channel(), "drip_events");
-        let v: Value = serde_json::from_str(n.payload()).expect("payload is JSON");
-        assert!(n.payload().len() < 8000);
-        if v["run_id"] == run {
-            out.push(v);
+    let mut notes = Vec::new();
+    {
+        let mut notifications = listener.notifications();
+        let mut it = notifications.timeout_iter(Duration::from_millis(200));
+        while let Some(n) = it.next().unwrap() {
+            assert_eq!(n.channel(), "drip_events");
+            let v: Value = serde_json::from_str(n.payload()).expect("payload is JSON");
+            assert!(n.payload().len() < 8000);
+            for key in v.as_object().expect("an object").keys() {
+                assert!(MINIMAL_KEYS.contains(&key.as_str()), "{key} in {v}");
+            }
+            if v["run_id"] == run {
+                notes.push(v);
+            }
         }
     }
-    out
+    notes
+        .iter()
+        .map(|n| {
+            let id = n["id"].as_i64().expect("an event id");
+            let row = listener
+                .query_one(
+                    "SELECT payload::text FROM drip.events WHERE id = $1",
+                    &[&id],
+                )
+                .unwrap();
+            let full: Value = serde_json::from_str(row.get::<_, &str>(0)).unwrap();
+            assert_eq!(full["event"], n["event"]);
+            assert_eq!(full["status"], n["status"]);
+            full
+        })
+        .collect()
 }
 
 fn names(events: &[Value]) -> Vec<String> {

@@ -114,18 +114,28 @@ fn throttle_query_holds_the_run_and_it_continues_after() {
         1
     );
     listener.batch_execute("SELECT 1").unwrap();
-    let mut notes = listener.notifications();
-    let mut it = notes.timeout_iter(Duration::from_millis(200));
-    let mut throttled = 0;
-    while let Some(n) = it.next().unwrap() {
-        let v: serde_json::Value = serde_json::from_str(n.payload()).unwrap();
-        if v["run_id"] == run && v["event"] == "run_throttled" {
-            assert_eq!(v["reason"], "throttle_query returned true");
-            assert_eq!(v["status"], "running");
-            throttled += 1;
+    let mut ids = Vec::new();
+    {
+        let mut notes = listener.notifications();
+        let mut it = notes.timeout_iter(Duration::from_millis(200));
+        while let Some(n) = it.next().unwrap() {
+            let v: serde_json::Value = serde_json::from_str(n.payload()).unwrap();
+            if v["run_id"] == run && v["event"] == "run_throttled" {
+                assert_eq!(v["status"], "running");
+                ids.push(v["id"].as_i64().expect("event id"));
+            }
         }
     }
-    assert_eq!(throttled, 1, "announced once per reason");
+    assert_eq!(ids.len(), 1, "announced once per reason");
+    // The reason is in the event's row (the notification carries only ids and the status).
+    let reason: String = listener
+        .query_one(
+            "SELECT payload->>'reason' FROM drip.events WHERE id = $1",
+            &[&ids[0]],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(reason, "throttle_query returned true");
     // A throttle query that is not a query is refused at register.
     assert_eq!(
         db.sqlstate("SELECT drip.register('th2', 'th_t', 'SET n = 1', throttle_query => 'DELETE FROM th_flag')"),
