@@ -158,6 +158,11 @@ fn register_impl(def: &NewBackfill, options: &BatchOptions, replace: bool) -> Dr
             "name must be 1 to 63 bytes long".into(),
         ));
     }
+    if name.trim().is_empty() || name.chars().any(char::is_control) {
+        return Err(DripError::BadOption(format!(
+            "name {name:?} must contain a visible character and no control characters"
+        )));
+    }
     options.check()?;
     if !matches!(def.mode, "batch" | "row") {
         return Err(DripError::BadOption(format!(
@@ -672,8 +677,11 @@ fn start_planned(
     }
 
     let row = security::as_catalog(|| {
-        let row = Spi::connect_mut(|c| {
-        let t = c.update(
+        // Under REPEATABLE READ or SERIALIZABLE a concurrent start is invisible to the check
+        // above; the unique index catches it, and the caller gets the documented 55006.
+        let inserted = crate::pg::subxact::try_in_subtransaction(|| {
+            Spi::connect_mut(|c| {
+                let t = c.update(
             &format!(
                 "INSERT INTO drip.runs (backfill, status, params, batch_size, sleep, definition, note, \
                  start_at, rows_estimated, lock_timeout, statement_timeout, owner, started_by, \
@@ -714,8 +722,16 @@ fn start_planned(
                 slices.into(),
             ],
         )?;
-        Ok::<_, DripError>(catalog::runs_from(t)?.pop())
-        })?
+                Ok::<_, DripError>(catalog::runs_from(t)?.pop())
+            })
+        });
+        let row = match inserted {
+            Ok(r) => r?,
+            Err(e) if e.sqlstate == "23505" || e.sqlstate == "40001" => {
+                return Err(DripError::ConcurrentStart(name.to_string()))
+            }
+            Err(e) => return Err(DripError::Internal(e.message)),
+        }
         .ok_or_else(|| DripError::UnknownBackfill(name.to_string()))?;
         if slices > 1 {
             // Slice i covers (bound i-1, bound i]: the run's range cut at the split keys.

@@ -272,6 +272,14 @@ impl Compiled {
             explain("action", &self.sql.work_next, &work_types)?;
             explain("action", &self.sql.work_first, &work_types)?;
         }
+        // A SET action that changes a key moves rows ahead of the cursor (done twice) or behind
+        // it (skipped). Parsed, so `SET (a, at) = (..)` and quoted names are caught too.
+        if matches!(self.kind, ActionKind::Set) {
+            let assigned = crate::pg::parse::update_target_columns(&self.sql.work_first);
+            if let Some(k) = self.keys.iter().find(|k| assigned.contains(&k.name)) {
+                return Err(DripError::ActionAssignsKey(k.name.clone()));
+            }
+        }
         let mut boundary_types = key_types.clone();
         boundary_types.push(pg_sys::INT8OID);
         explain("key", &self.sql.boundary_next, &boundary_types)?;

@@ -74,6 +74,10 @@ pub enum DripError {
         after: i64,
         status: String,
     },
+    #[error("backfill \"{0}\" already has an active run, started by a concurrent transaction")]
+    ConcurrentStart(String),
+    #[error("the action assigns key column \"{0}\"")]
+    ActionAssignsKey(String),
     #[error("argument \"{0}\" must not be NULL")]
     NullArgument(&'static str),
     #[error("start_at {0} cannot be scheduled")]
@@ -147,6 +151,8 @@ impl DripError {
             DripError::CatalogVersion { .. } => ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
             DripError::UnschedulableStartAt(_) => ERRCODE_DATETIME_FIELD_OVERFLOW,
             DripError::NullArgument(_) => ERRCODE_NULL_VALUE_NOT_ALLOWED,
+            DripError::ActionAssignsKey(_) => ERRCODE_FEATURE_NOT_SUPPORTED,
+            DripError::ConcurrentStart(_) => ERRCODE_OBJECT_IN_USE,
             DripError::WaitInOwnTransaction(_) => ERRCODE_INVALID_TRANSACTION_STATE,
             DripError::WaitsForRun { .. } => ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
             DripError::Internal(_) => ERRCODE_INTERNAL_ERROR,
@@ -220,6 +226,12 @@ impl DripError {
             ),
             DripError::WaitsForRun { after, .. } => format!(
                 "It starts once run {after} has completed: finish that one first (CALL drip.finish({after})), or let the workers run both."
+            ),
+            DripError::ConcurrentStart(name) => format!(
+                "See SELECT id, status FROM drip.runs WHERE backfill = '{name}'; stop it first or wait for it."
+            ),
+            DripError::ActionAssignsKey(column) => format!(
+                "The key is the run's position: changing {column} moves rows ahead of the cursor (processed twice) or behind it (skipped). Walk another key (key => ARRAY[...]) or write the new values elsewhere."
             ),
             DripError::NullArgument(name) => format!(
                 "Pass a value for {name}. The README's reference lists the arguments that accept NULL and what NULL means for each."

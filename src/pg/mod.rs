@@ -5,6 +5,7 @@
 pub mod client;
 pub mod extension;
 pub mod identity;
+pub mod parse;
 pub mod preload;
 pub mod settings;
 pub mod signals;

@@ -782,3 +782,128 @@ fn a_paused_run_survives_dump_and_restore_and_resumes_on_the_right_table() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn smaller_surprises_are_refused_up_front() {
+    let mut db = db();
+    db.exec(
+        "CREATE TABLE ss_t (id int, at timestamptz, \"Odd\" int NOT NULL, n int NOT NULL DEFAULT 0,
+                            PRIMARY KEY (id, at));
+         CREATE UNIQUE INDEX ON ss_t (\"Odd\");",
+    );
+    // A SET action that assigns a key column, in every spelling.
+    for (action, key) in [
+        ("SET at = at + interval '1 second'", "NULL"),
+        ("SET (n, id) = (1, id + 1)", "NULL"),
+        ("SET \"Odd\" = \"Odd\" + 1", "ARRAY['Odd']"),
+    ] {
+        let err =
+            db.c.batch_execute(&format!(
+                "SELECT drip.register('ss_key', 'ss_t', $a${action}$a$, key => {key})"
+            ))
+            .expect_err(action);
+        let e = err.as_db_error().expect("db error");
+        assert_eq!(e.code().code(), "0A000", "{action}: {}", e.message());
+        assert!(
+            e.message().contains("assigns key column"),
+            "{}",
+            e.message()
+        );
+    }
+    // Assigning other columns is fine.
+    db.exec("SELECT drip.register('ss_ok', 'ss_t', 'SET n = n + 1')");
+    // Names of only whitespace or with control characters.
+    for name in ["   ", "a\tb", "line\nbreak"] {
+        let err =
+            db.c.execute("SELECT drip.register($1, 'ss_t', 'SET n = 1')", &[&name])
+                .expect_err("bad name");
+        assert_eq!(
+            err.code().map(|c| c.code()),
+            Some("22023"),
+            "{name:?}: {err}"
+        );
+    }
+    assert_eq!(
+        db.i64(
+            "SELECT count(*) FROM drip.backfills WHERE name LIKE 'ss_%' OR name !~ '[[:graph:]]'"
+        ),
+        1
+    );
+}
+
+#[test]
+fn a_concurrent_start_under_repeatable_read_gets_55006() {
+    let mut db = db();
+    db.exec(
+        "CREATE TABLE rr_t (id int PRIMARY KEY, n int NOT NULL DEFAULT 0);
+         INSERT INTO rr_t (id) SELECT generate_series(1, 10);
+         SELECT drip.register('rr', 'rr_t', 'SET n = n + 1', sleep => '0');",
+    );
+    for level in ["REPEATABLE READ", "SERIALIZABLE"] {
+        let mut a = connect();
+        let mut b = connect();
+        a.batch_execute(&format!("BEGIN ISOLATION LEVEL {level}; SELECT 1"))
+            .unwrap();
+        b.batch_execute(&format!("BEGIN ISOLATION LEVEL {level}; SELECT 1"))
+            .unwrap();
+        let run: i64 = a
+            .query_one(
+                "SELECT drip.start('rr', start_at => now() + interval '1 hour')",
+                &[],
+            )
+            .unwrap()
+            .get(0);
+        a.batch_execute("COMMIT").unwrap();
+        let err = b
+            .batch_execute("SELECT drip.start('rr')")
+            .expect_err("second start");
+        assert_eq!(
+            err.code().map(|c| c.code()),
+            Some("55006"),
+            "{level}: {err}"
+        );
+        b.batch_execute("ROLLBACK").unwrap();
+        db.exec(&format!("SELECT drip.stop({run})"));
+    }
+}
+
+#[test]
+fn helper_names_are_cut_by_bytes_and_never_collide() {
+    let mut db = db();
+    let table = "é".repeat(25);
+    let col_a = format!("{}_alpha", "ö".repeat(20));
+    let col_b = format!("{}_beta", "ö".repeat(20));
+    db.exec(&format!(
+        "CREATE TABLE \"{table}\" (id int PRIMARY KEY, \"{col_a}\" int, \"{col_b}\" int);
+         INSERT INTO \"{table}\" (id) SELECT generate_series(1, 10);"
+    ));
+    let a = db.start(&format!(
+        "SELECT drip.backfill_column('\"{table}\"', '{col_a}', '1')"
+    ));
+    let b = db.start(&format!(
+        "SELECT drip.backfill_column('\"{table}\"', '{col_b}', '2')"
+    ));
+    assert_eq!(db.wait_done(a), "completed");
+    assert_eq!(db.wait_done(b), "completed");
+    let names: Vec<String> =
+        db.c.query(
+            "SELECT backfill FROM drip.runs WHERE id IN ($1, $2)",
+            &[&a, &b],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(names.len(), 2);
+    assert_ne!(names[0], names[1]);
+    for n in &names {
+        assert!(n.len() <= 63, "{n} is {} bytes", n.len());
+        assert!(n.starts_with("backfill_column:"), "{n}");
+    }
+    assert_eq!(
+        db.i64(&format!(
+            "SELECT count(*) FROM \"{table}\" WHERE \"{col_a}\" IS DISTINCT FROM 1 OR \"{col_b}\" IS DISTINCT FROM 2"
+        )),
+        0
+    );
+}
