@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # scripts/test.sh: the single command that runs the whole data_drip test suite.
 #
-#   scripts/test.sh              # all suites: lint, pgrx, regress, faults
-#   scripts/test.sh regress      # only the named suites (any of lint pgrx regress faults)
+#   scripts/test.sh              # all suites: lint, pgrx, regress, faults, upgrade, package,
+#                                # pg16, pg17, pg18
+#   scripts/test.sh regress      # only the named suites
 #
 # Suites:
 #   lint     cargo fmt --check, then cargo clippy -D warnings (both always run)
@@ -11,6 +12,12 @@
 #            throwaway cluster (target/regress), run pg_regress on pg_test/
 #   faults   fault injection (SIGKILL, crash restarts, immediate stops,
 #            pg_terminate_backend, failing batches) on a cluster the test owns
+#   upgrade  the released 0.1.0 upgraded in place with runs in every state;
+#            upgraded catalog == fresh install (tests/upgrade.rs)
+#   package  the 15 .deb built and smoke-tested with dpkg (scripts/package.sh)
+#   pg16, pg17, pg18
+#            cargo pgrx test + pg_regress on that major, whose server
+#            scripts/postgres.sh builds or fetches into a cache
 #
 # Every requested suite runs even if an earlier one failed (set DRIP_FAIL_FAST=1
 # to stop at the first failure). The last line is "N passed, M failed"; the exit
@@ -172,6 +179,17 @@ suite_pg16() { suite_major 16; }
 suite_pg17() { suite_major 17; }
 suite_pg18() { suite_major 18; }
 
+# The Debian package for 15: built, then (as root) installed with dpkg -i, used in a fresh
+# cluster and removed (scripts/package.sh). An ordinary user gets the build only.
+suite_package() {
+    if is_root; then
+        bash scripts/package.sh --smoke 15 </dev/null
+    else
+        drip_log "not root: building the package without the dpkg smoke test"
+        bash scripts/package.sh 15 </dev/null
+    fi
+}
+
 # The released 0.1.0: the v0.1.0 tag, or the commit it names when tags were not fetched.
 RELEASE_0_1_0=e525bc3b46c372735091b7faeaa232017f4553d6
 
@@ -219,11 +237,12 @@ declare -A SUITE_DESC=(
     [regress]="pg_regress pg_test/"
     [faults]="fault injection and a real standby on owned clusters (tests/faults.rs, tests/replica.rs)"
     [upgrade]="0.1.0 -> current with runs in every state; upgraded catalog == fresh install (tests/upgrade.rs)"
+    [package]="the postgresql-15-data-drip .deb: dpkg -i, CREATE EXTENSION, a backfill, dpkg -r (scripts/package.sh)"
     [pg16]="cargo pgrx test + pg_regress on PostgreSQL 16 (scripts/postgres.sh 16)"
     [pg17]="cargo pgrx test + pg_regress on PostgreSQL 17 (scripts/postgres.sh 17)"
     [pg18]="cargo pgrx test + pg_regress on PostgreSQL 18 (scripts/postgres.sh 18)"
 )
-ALL_SUITES=(lint pgrx regress faults upgrade)
+ALL_SUITES=(lint pgrx regress faults upgrade package pg16 pg17 pg18)
 
 if (($# > 0)); then
     SUITES=("$@")

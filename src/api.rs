@@ -36,10 +36,19 @@ fn check_batch_size(batch_size: i32) -> DripResult<()> {
 }
 
 fn check_interval(what: &str, value: &Interval) -> DripResult<()> {
-    let negative = Spi::get_one_with_args::<bool>("SELECT $1 < interval '0'", &[(*value).into()])?
-        .unwrap_or(false);
-    if negative {
+    let (negative, too_long) = Spi::get_two_with_args::<bool, bool>(
+        "SELECT $1 < interval '0', extract(epoch FROM $1) * 1000 > 2147483647",
+        &[(*value).into()],
+    )?;
+    if negative.unwrap_or(false) {
         return Err(DripError::BadOption(format!("{what} must not be negative")));
+    }
+    // Postgres keeps lock_timeout and statement_timeout in milliseconds in an int: longer
+    // values would be refused by every batch, so refuse them here, once.
+    if too_long.unwrap_or(false) && matches!(what, "lock_timeout" | "statement_timeout") {
+        return Err(DripError::BadOption(format!(
+            "{what} must be at most 2147483647 milliseconds (about 24 days); use 0 for no limit"
+        )));
     }
     Ok(())
 }

@@ -311,6 +311,48 @@ pub fn throttle_query(q: &str) -> DripResult<String> {
         });
     }
     explain("throttle_query", &f.text, &[])?;
+    // One boolean column. LIMIT 0 plans and opens the query without producing a row.
+    let shape = PgTryBuilder::new(|| {
+        Spi::connect(|c| {
+            let t = c.select(
+                &format!("SELECT * FROM (\n{}\n) AS drip_throttle LIMIT 0", f.text),
+                None,
+                &[],
+            )?;
+            let n = t.columns()?;
+            let mut types = Vec::with_capacity(n);
+            for i in 1..=n {
+                types.push(t.column_type_oid(i)?.value());
+            }
+            Ok::<_, pgrx::spi::SpiError>(types)
+        })
+        .map_err(DripError::from)
+    })
+    .catch_others(|e| match e {
+        CaughtError::PostgresError(r)
+        | CaughtError::ErrorReport(r)
+        | CaughtError::RustPanic { ereport: r, .. } => Err(DripError::BadSql {
+            what: "throttle_query",
+            message: r.message().to_string(),
+            sqlstate: r.sql_error_code(),
+        }),
+    })
+    .execute()?;
+    if shape != [pg_sys::BOOLOID] {
+        return Err(DripError::BadSql {
+            what: "throttle_query",
+            message: format!(
+                "it must return one boolean column, not {} column(s){}",
+                shape.len(),
+                if shape.len() == 1 {
+                    " of another type"
+                } else {
+                    ""
+                }
+            ),
+            sqlstate: PgSqlErrorCode::ERRCODE_DATATYPE_MISMATCH,
+        });
+    }
     Ok(f.text)
 }
 

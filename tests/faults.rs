@@ -372,6 +372,23 @@ fn poke_with_a_drip_call(cluster: &Cluster, db: &str) {
     .unwrap();
 }
 
+/// After a restart without preload, a deploy script's `drip.wait` alone must get the run going
+/// again (it starts the recovery itself); here it gives up after a moment, as a timeout.
+fn poke_with_wait(cluster: &Cluster, db: &str) {
+    let mut c = cluster.connect(db);
+    let run: i64 = c
+        .query_one(
+            "SELECT max(id) FROM drip.runs WHERE backfill = 'count'",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    match c.batch_execute(&format!("SELECT drip.wait({run}, '300 milliseconds')")) {
+        Ok(()) => {}
+        Err(e) => assert_eq!(e.code().map(|c| c.code()), Some("57014"), "{e}"),
+    }
+}
+
 fn nothing(_: &Cluster, _: &str) {}
 
 #[test]
@@ -434,6 +451,7 @@ fn fault_injection_suite() {
         terminate_runner,
         nothing,
     );
+    replaced_extension_is_left_alone(&cluster);
     cluster.stop("fast");
 
     // Without preload: the scheduler survives pg_terminate_backend of a runner; after a restart
@@ -455,6 +473,14 @@ fn fault_injection_suite() {
         2,
         immediate_restart,
         poke_with_a_drip_call,
+    );
+    scenario(
+        &cluster,
+        &mut rng,
+        "immediate_stop_no_preload_wait",
+        2,
+        immediate_restart,
+        poke_with_wait,
     );
     transient_failures(&cluster);
     permanent_failure(&cluster);
@@ -534,6 +560,52 @@ fn permanent_failure(cluster: &Cluster) {
 }
 
 /// A paused run is still paused after a restart, and resumes from its cursor.
+/// With preload (the launcher probing every second): DROP EXTENSION and CREATE EXTENSION in one
+/// transaction while a run executes. The old runner must not touch its table again, and nothing
+/// of the old catalog runs under the new one.
+fn replaced_extension_is_left_alone(cluster: &Cluster) {
+    let name = "replaced_extension";
+    let db = format!("f_{name}");
+    let run = setup(
+        cluster,
+        &db,
+        "SET n = n + 1 + (SELECT 0 FROM pg_sleep(0.02))",
+        "",
+    );
+    let mut c = cluster.connect(&db);
+    let changed = |c: &mut postgres::Client| -> i64 {
+        c.query_one("SELECT count(*) FROM counted WHERE n > 0", &[])
+            .unwrap()
+            .get(0)
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while changed(&mut c) < 2000 {
+        assert!(
+            Instant::now() < deadline,
+            "{name}: run {run} made no progress"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    c.batch_execute("BEGIN; DROP EXTENSION data_drip CASCADE; CREATE EXTENSION data_drip; COMMIT;")
+        .unwrap();
+    // Whatever batch was in flight commits or not; after that, nothing moves.
+    std::thread::sleep(Duration::from_secs(2));
+    let frozen = changed(&mut c);
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(changed(&mut c), frozen, "{name}: the old run kept working");
+    let twice: i64 = c
+        .query_one("SELECT count(*) FROM counted WHERE n > 1", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(twice, 0, "{name}");
+    let runs: i64 = c
+        .query_one("SELECT count(*) FROM drip.runs", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(runs, 0, "{name}: the new catalog is empty");
+    println!("scenario {name}: {frozen} rows done before the replacement, none after");
+}
+
 fn paused_run_stays_paused_across_restart(cluster: &Cluster) {
     let name = "paused_across_restart";
     let db = format!("f_{name}");

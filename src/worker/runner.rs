@@ -478,8 +478,14 @@ impl Runner {
                 .as_deref()
                 .filter(|q| !q.trim().is_empty())
             {
+                // No row, or NULL, means "do not hold".
                 signals.throttle_query = self
-                    .as_owner(|stmts| stmts.run(q, &[], |t| t.first().get_one::<bool>()))
+                    .as_owner(|stmts| {
+                        stmts.run(q, &[], |t| match t.into_iter().next() {
+                            Some(r) => r.get::<bool>(1),
+                            None => Ok(None),
+                        })
+                    })
                     .or_raise_spi()
                     .unwrap_or(false);
             }

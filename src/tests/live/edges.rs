@@ -825,9 +825,52 @@ fn smaller_surprises_are_refused_up_front() {
     }
     assert_eq!(
         db.i64(
-            "SELECT count(*) FROM drip.backfills WHERE name LIKE 'ss_%' OR name !~ '[[:graph:]]'"
+            "SELECT count(*) FROM drip.backfills WHERE name LIKE 'ss\\_%' OR name !~ '[[:graph:]]'"
         ),
-        1
+        1,
+        "only ss_ok was registered so far"
+    );
+    // throttle_query must return one boolean column; a data-modifying one is refused too.
+    for (q, code) in [
+        ("SELECT 1", "42804"),
+        ("SELECT true, false", "42804"),
+        ("SELECT 'yes'::text", "42804"),
+    ] {
+        assert_eq!(
+            db.sqlstate(&format!(
+                "SELECT drip.register('ss_th', 'ss_t', 'SET n = 1', throttle_query => $q${q}$q$)"
+            )),
+            code,
+            "{q}"
+        );
+    }
+    let code = db.sqlstate(
+        "SELECT drip.register('ss_th', 'ss_t', 'SET n = 1', \
+         throttle_query => 'WITH d AS (DELETE FROM ss_t RETURNING 1) SELECT true')",
+    );
+    assert_ne!(code, "XX000");
+    assert_ne!(code, "ok");
+    // No row means "do not hold": the run completes.
+    db.exec(
+        "INSERT INTO ss_t (id, at, \"Odd\") SELECT g, now(), g FROM generate_series(1, 30) g;
+         SELECT drip.register('ss_norow', 'ss_t', 'SET n = n + 1', sleep => '0',
+                              throttle_query => 'SELECT true WHERE false');",
+    );
+    let run = db.start("SELECT drip.start('ss_norow')");
+    assert_eq!(db.wait_done(run), "completed");
+    assert_eq!(db.i64("SELECT count(*) FROM ss_t WHERE n <> 1"), 0);
+    // Timeouts Postgres cannot hold are refused once, at register and start, not by every batch.
+    for sql in [
+        "SELECT drip.register('ss_lt', 'ss_t', 'SET n = 1', lock_timeout => '30 days')",
+        "SELECT drip.register('ss_st', 'ss_t', 'SET n = 1', statement_timeout => '25 days')",
+        "SELECT drip.start('ss_ok', lock_timeout => '30 days')",
+        "SELECT drip.start('ss_ok', statement_timeout => '1000 years')",
+    ] {
+        assert_eq!(db.sqlstate(sql), "22023", "{sql}");
+    }
+    assert_eq!(
+        db.i64("SELECT count(*) FROM drip.runs WHERE backfill = 'ss_ok'"),
+        0
     );
 }
 
@@ -905,5 +948,91 @@ fn helper_names_are_cut_by_bytes_and_never_collide() {
             "SELECT count(*) FROM \"{table}\" WHERE \"{col_a}\" IS DISTINCT FROM 1 OR \"{col_b}\" IS DISTINCT FROM 2"
         )),
         0
+    );
+}
+
+#[test]
+fn progress_tells_the_truth_about_errors_rate_eta_and_cursor() {
+    let mut db = db();
+    // A batch that fails once, then succeeds on retry: no error is left to show.
+    db.exec(
+        "CREATE TABLE pg_flag (d int NOT NULL); INSERT INTO pg_flag VALUES (0);
+         CREATE TABLE pg_t (id int PRIMARY KEY, n int NOT NULL DEFAULT 0);
+         INSERT INTO pg_t (id) SELECT generate_series(1, 100);
+         SELECT drip.register('pg_retry', 'pg_t', 'SET n = n + 1 / (SELECT d FROM pg_flag)',
+                              batch_size => 50, sleep => '0', max_attempts => 5);",
+    );
+    let run = db.start("SELECT drip.start('pg_retry')");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while db.i64(&format!(
+        "SELECT count(*) FROM drip.batches WHERE run_id = {run} AND status = 'failed'"
+    )) == 0
+    {
+        assert!(Instant::now() < deadline, "no failed attempt");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    db.exec("UPDATE pg_flag SET d = 1");
+    assert_eq!(db.wait_done(run), "completed");
+    assert_eq!(
+        db.i64(&format!(
+            "SELECT count(*) FROM drip.progress WHERE run_id = {run} AND last_error IS NULL"
+        )),
+        1,
+        "an error fixed by a retry still shows"
+    );
+
+    // Rate and ETA over recent batches, sleeps included; a long pause does not dilute them.
+    db.exec(
+        "CREATE TABLE pr_t (id int PRIMARY KEY, n int NOT NULL DEFAULT 0);
+         INSERT INTO pr_t (id) SELECT generate_series(1, 4000);
+         ANALYZE pr_t;
+         SELECT drip.register('pr', 'pr_t', 'SET n = n + 1', batch_size => 20, sleep => '50 ms');",
+    );
+    let run = db.start("SELECT drip.start('pr')");
+    let batches = |db: &mut Db| {
+        db.i64(&format!(
+            "SELECT count(*) FROM drip.batches WHERE run_id = {run} AND status = 'completed'"
+        ))
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while batches(&mut db) < 5 {
+        assert!(Instant::now() < deadline);
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    db.exec(&format!("SELECT drip.pause({run})"));
+    db.wait_for(run, &["paused"], Duration::from_secs(10));
+    std::thread::sleep(Duration::from_secs(3));
+    let before = batches(&mut db);
+    db.exec(&format!("SELECT drip.resume({run})"));
+    while batches(&mut db) < before + 25 {
+        assert!(Instant::now() < deadline + Duration::from_secs(30));
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let r = db
+        .c
+        .query_one(
+            "SELECT rows_per_sec::float8, rows_done / extract(epoch FROM elapsed)::float8, \
+                    extract(epoch FROM eta)::float8, ((rows_estimated - rows_done) / 20 * 0.05)::float8 \
+             FROM drip.progress WHERE run_id = $1",
+            &[&run],
+        )
+        .unwrap();
+    let (rate, average, eta, sleeps): (f64, f64, f64, f64) =
+        (r.get(0), r.get(1), r.get(2), r.get(3));
+    assert!(
+        rate > average * 1.3,
+        "rate {rate} is diluted by the pause (average {average})"
+    );
+    assert!(eta >= sleeps, "eta {eta} s ignores {sleeps} s of sleep");
+    db.exec(&format!("SELECT drip.stop({run})"));
+
+    // A parallel run shows where it is.
+    let run = db.start("SELECT drip.start('pr', parallel => 2, sleep => '0')");
+    assert_eq!(db.wait_done(run), "completed");
+    assert_eq!(
+        db.i64(&format!(
+            "SELECT count(*) FROM drip.progress WHERE run_id = {run} AND cursor IS NOT NULL"
+        )),
+        1
     );
 }
