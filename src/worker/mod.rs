@@ -3,7 +3,10 @@
 //! per executing run, up to `drip.max_runs`. With `shared_preload_libraries`, a launcher also
 //! probes every database so runs resume after a restart without any `drip.*` call.
 
+mod batch;
+mod claim;
 pub mod foreground;
+mod health;
 pub mod launch;
 pub mod launcher;
 pub mod locks;

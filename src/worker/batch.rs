@@ -1,0 +1,418 @@
+//! One batch: mark it (its key range, the batch row, `batch_running`), then do it (the action,
+//! the batch row, the cursor and `batch_completed`, in one commit), or record its failure.
+
+use std::time::Instant;
+
+use pgrx::datum::DatumWithOid;
+use pgrx::prelude::*;
+
+use crate::catalog::{self};
+use crate::error::{DripError, OrRaise};
+use crate::events;
+use crate::pg::identity::{self, Restriction};
+use crate::pg::{extension, subxact, timeout, transaction, types};
+use crate::status::{BatchStatus, RunStatus};
+use crate::throttle;
+use crate::worker::claim::release_run;
+use crate::worker::health::announce_throttled;
+use crate::worker::runner::{Batch, OrRaiseSpi, Runner, Settings, Step};
+use crate::worker::statements::StatementCache;
+
+impl Runner {
+    /// Transaction 1 of a batch: check the run and its health, decide what to do next and mark
+    /// the batch running. The marker commits synchronously: once batch_running was announced,
+    /// the row must survive a crash so the catalog can say the attempt was interrupted.
+    pub(super) fn mark_next(&mut self) -> Step {
+        if !extension::still_current(&self.instance) {
+            log!(
+                "data_drip run {}: the extension was dropped; exiting",
+                self.run_id
+            );
+            return Step::Exit;
+        }
+        let Some(state) = self.lock_state() else {
+            release_run(self.run_id);
+            return Step::Exit;
+        };
+        if !state.owner_exists {
+            DripError::OwnerGone(self.backfill.clone()).raise();
+        }
+        if let Some(hold) = self.health(&state) {
+            self.hold_times += 1;
+            if self.throttled != Some(hold.kind()) {
+                announce_throttled(self.run_id, &hold.reason());
+                self.throttled = Some(hold.kind());
+            }
+            return Step::Hold(throttle::recheck_after(self.hold_times));
+        }
+        self.hold_times = 0;
+        if self.throttled.take().is_some() {
+            self.stmts
+                .exec(
+                    "UPDATE drip.runs SET throttled = NULL WHERE id = $1",
+                    &[self.run_id.into()],
+                )
+                .or_raise_spi();
+        }
+        let run = state.run;
+        let settings = state.settings;
+
+        if let Some(b) = self.retry.clone() {
+            let payload = self.batch_payload(BatchStatus::Running, b.no, 0);
+            self.stmts
+                .exec(
+                    "WITH u AS (UPDATE drip.batches SET status = 'running', attempts = $3, \
+                         started_at = clock_timestamp(), finished_at = NULL, rows = NULL \
+                         WHERE run_id = $1 AND batch_no = $2) \
+                     SELECT drip.emit($4)",
+                    &[
+                        self.run_id.into(),
+                        b.no.into(),
+                        b.attempts.into(),
+                        payload.into(),
+                    ],
+                )
+                .or_raise_spi();
+            return Step::Batch(b, settings);
+        }
+
+        self.sync_adaptive(&settings);
+        let Some((high, keys)) = self.boundary(settings.batch_size) else {
+            if let Some(n) = self.slice {
+                // This slice is done; the run completes with its last slice.
+                let left = self
+                    .stmts
+                    .run(
+                        "WITH d AS (UPDATE drip.slices SET done = true WHERE run_id = $1 AND slice = $2) \
+                         SELECT count(*) FROM drip.slices WHERE run_id = $1 AND slice <> $2 AND NOT done",
+                        &[self.run_id.into(), n.into()],
+                        |t| t.first().get_one::<i64>(),
+                    )
+                    .or_raise_spi()
+                    .unwrap_or(0);
+                if left > 0 {
+                    release_run(self.run_id);
+                    return Step::Exit;
+                }
+            }
+            let done = catalog::set_run_status(&run, RunStatus::Completed, None).or_raise();
+            log!(
+                "data_drip run {} completed: {} rows in {} batches",
+                done.id,
+                done.rows_done,
+                done.batches_done
+            );
+            return Step::Exit;
+        };
+        // Batch numbers are per run (slices share them): taken from the run row we hold locked.
+        let no = self
+            .stmts
+            .run(
+                "UPDATE drip.runs SET next_batch_no = next_batch_no + 1 WHERE id = $1 \
+                 RETURNING next_batch_no - 1",
+                &[self.run_id.into()],
+                |t| t.first().get_one::<i64>(),
+            )
+            .or_raise_spi()
+            .unwrap_or(1);
+        let payload = self.batch_payload(BatchStatus::Running, no, keys);
+        self.stmts
+            .exec(
+                "WITH i AS (INSERT INTO drip.batches (run_id, batch_no, low_key, high_key, status, batch_size, slice) \
+                     VALUES ($1, $2, $3, $4, 'running', $5, $7)) \
+                 SELECT drip.emit($6)",
+                &[
+                    self.run_id.into(),
+                    no.into(),
+                    self.cursor.clone().into(),
+                    high.clone().into(),
+                    settings.batch_size.into(),
+                    payload.into(),
+                    self.slice.into(),
+                ],
+            )
+            .or_raise_spi();
+        Step::Batch(
+            Batch {
+                no,
+                low: self.cursor.clone(),
+                high,
+                attempts: 1,
+                keys,
+            },
+            settings,
+        )
+    }
+
+    pub(super) fn batch_payload(&self, status: BatchStatus, no: i64, rows: i64) -> String {
+        events::batch_event(
+            status.as_str(),
+            self.run_id,
+            &self.backfill,
+            no,
+            rows,
+            None,
+            &catalog::now_text(),
+        )
+    }
+
+    /// The next batch's upper bound (inclusive) and how many keys it holds; None when done.
+    /// Runs as the owner: RLS and privileges decide which keys the walk sees.
+    pub(super) fn boundary(&mut self, batch_size: i32) -> Option<(Vec<String>, i64)> {
+        let k = self.compiled.keys.len();
+        let mut args = Vec::with_capacity(k + 1);
+        let (full, last) = match &self.cursor {
+            None => (
+                self.compiled.sql.full_first.clone(),
+                self.compiled.sql.boundary_first.clone(),
+            ),
+            Some(cursor) => {
+                args.extend(self.key_args(cursor));
+                (
+                    self.compiled.sql.full_next.clone(),
+                    self.compiled.sql.boundary_next.clone(),
+                )
+            }
+        };
+        args.push(DatumWithOid::from(batch_size as i64));
+        if let Some(cap) = self.to_key.clone() {
+            args.extend(self.key_args(&cap));
+        }
+        let read_key = move |r: &pgrx::spi::SpiHeapTupleData| -> pgrx::spi::SpiResult<Vec<String>> {
+            (1..=k)
+                .map(|i| r.get::<String>(i).map(|v| v.unwrap_or_default()))
+                .collect()
+        };
+        self.as_owner_with("force_generic_plan", |stmts| {
+            // A full batch: skip along the index to its last key.
+            let high = stmts.run(&full, &args, |t| match t.into_iter().next() {
+                Some(r) => read_key(&r).map(Some),
+                None => Ok(None),
+            })?;
+            if let Some(high) = high {
+                return Ok(Some((high, batch_size as i64)));
+            }
+            // Fewer keys left: the last one, and how many.
+            stmts.run(&last, &args, |t| match t.into_iter().next() {
+                Some(r) => Ok(Some((read_key(&r)?, r.get::<i64>(k + 1)?.unwrap_or(0)))),
+                None => Ok(None),
+            })
+        })
+        .or_raise_spi()
+    }
+
+    pub(super) fn key_args<'a>(&self, values: &[String]) -> Vec<DatumWithOid<'a>> {
+        self.compiled
+            .keys
+            .iter()
+            .zip(values)
+            .map(|(k, v)| types::key_datum(k.type_oid, v, &k.name).or_raise())
+            .collect()
+    }
+
+    /// Run user-facing SQL as the backfill's owner, in a security-restricted operation with
+    /// the owner's search_path (the owner's existence is checked by mark_next).
+    pub(super) fn as_owner<R>(&mut self, f: impl FnOnce(&mut StatementCache) -> R) -> R {
+        self.as_owner_with("auto", f)
+    }
+
+    /// `as_owner` with a plan_cache_mode: our own key-walk queries have the same best plan for
+    /// any bounds, so they skip re-planning (force_generic_plan); the user's batch statement
+    /// keeps Postgres's choice (auto).
+    pub(super) fn as_owner_with<R>(
+        &mut self,
+        plan_cache_mode: &str,
+        f: impl FnOnce(&mut StatementCache) -> R,
+    ) -> R {
+        let stmts = &mut self.stmts;
+        identity::run_as_with(
+            self.owner,
+            Restriction::Restricted,
+            &[
+                (c"search_path", self.search_path.as_str()),
+                (c"plan_cache_mode", plan_cache_mode),
+            ],
+            || f(stmts),
+        )
+    }
+
+    /// Transaction 2 of a batch: the work, the batch row and the cursor, committed together.
+    /// Returns the number of rows that failed (element mode; 0 otherwise).
+    pub(super) fn work(&mut self, b: &Batch, settings: &Settings) -> i64 {
+        if !extension::still_current(&self.instance) {
+            self.gone = true;
+            DripError::Internal("the data_drip extension was dropped".into()).raise();
+        }
+        const SET_LOCK_TIMEOUT: &str = "SELECT pg_catalog.set_config('lock_timeout', $1, true)";
+        // A batch must lose a lock fight with live traffic, not win it.
+        self.stmts
+            .exec(
+                SET_LOCK_TIMEOUT,
+                &[format!("{}ms", settings.lock_timeout_ms).into()],
+            )
+            .or_raise_spi();
+        let mut args: Vec<DatumWithOid> = Vec::new();
+        for ((decl, ty), text) in self.compiled.params.iter().zip(&self.param_texts) {
+            args.push(types::input_datum(ty.oid, text.as_deref(), &decl.name).or_raise());
+        }
+        match &b.low {
+            Some(low) => args.extend(self.key_args(low)),
+            None => args.extend(
+                self.compiled
+                    .keys
+                    .iter()
+                    .map(|k| DatumWithOid::null_oid(k.type_oid)),
+            ),
+        }
+        args.extend(self.key_args(&b.high));
+        let sql = if b.low.is_some() {
+            self.compiled.sql.work_next.clone()
+        } else {
+            self.compiled.sql.work_first.clone()
+        };
+        let (rows, failed) = {
+            // Only the user's SQL is limited; our bookkeeping below is not.
+            let _limit = timeout::StatementTimeout::arm(settings.statement_timeout);
+            let started = Instant::now();
+            let counts = if self.row_mode {
+                self.rows_one_by_one(b, &args)
+            } else {
+                let rows = self
+                    .as_owner(|stmts| stmts.exec(&sql, &args))
+                    .or_raise_spi();
+                (rows, 0)
+            };
+            if let Some(a) = self.adaptive.as_mut() {
+                a.observe(b.keys, started.elapsed());
+            }
+            counts
+        };
+        // Our own bookkeeping waits for locks as long as it must (pause/stop hold the run row
+        // only briefly).
+        self.stmts
+            .exec(SET_LOCK_TIMEOUT, &["0".into()])
+            .or_raise_spi();
+
+        // The batch row, the cursor and the counters, with the event: one statement, in the
+        // batch's transaction.
+        let next_size = self
+            .adaptive
+            .as_ref()
+            .map(|a| a.next_size(settings.batch_size as i64) as i32);
+        let payload = self.batch_payload(BatchStatus::Completed, b.no, rows);
+        self.stmts
+            .exec(
+                "WITH b AS (UPDATE drip.batches SET status = 'completed', rows = $3, \
+                              finished_at = clock_timestamp() WHERE run_id = $1 AND batch_no = $2), \
+                      s AS (UPDATE drip.slices SET cursor = $4 WHERE run_id = $1 AND slice = $8), \
+                      r AS (UPDATE drip.runs SET cursor = CASE WHEN $8::int IS NULL THEN $4 ELSE cursor END, \
+                              rows_done = rows_done + $3, rows_failed = rows_failed + $7, \
+                              batches_done = batches_done + 1, batch_size = coalesce($5, batch_size) \
+                            WHERE id = $1) \
+                 SELECT drip.emit($6)",
+                &[
+                    self.run_id.into(),
+                    b.no.into(),
+                    rows.into(),
+                    b.high.clone().into(),
+                    next_size.into(),
+                    payload.into(),
+                    failed.into(),
+                    self.slice.into(),
+                ],
+            )
+            .or_raise_spi();
+        failed
+    }
+
+    /// Element mode: the action once per row of the batch in scope, each in its own
+    /// subtransaction. A failing row is rolled back alone and recorded in drip.row_errors; the
+    /// rest of the batch goes on. Returns (rows processed, rows failed).
+    pub(super) fn rows_one_by_one(&mut self, b: &Batch, args: &[DatumWithOid]) -> (i64, i64) {
+        let k = self.compiled.keys.len();
+        let n_params = self.compiled.params.len();
+        let select = if b.low.is_some() {
+            self.compiled.sql.rows_next.clone()
+        } else {
+            self.compiled.sql.rows_first.clone()
+        };
+        let keys: Vec<Vec<String>> = self
+            .as_owner(|stmts| {
+                stmts.run(&select, args, |t| {
+                    t.map(|r| {
+                        (1..=k)
+                            .map(|i| r.get::<String>(i).map(|v| v.unwrap_or_default()))
+                            .collect()
+                    })
+                    .collect::<Result<Vec<Vec<String>>, _>>()
+                })
+            })
+            .or_raise_spi();
+        let work_row = self.compiled.sql.work_row.clone();
+        let (mut done, mut failed) = (0, 0);
+        for key in keys {
+            // The user's parameters, then the row's key as the low bound (and, unused, high).
+            let mut row_args: Vec<DatumWithOid> = Vec::with_capacity(n_params + 2 * k);
+            for ((decl, ty), text) in self.compiled.params.iter().zip(&self.param_texts) {
+                row_args.push(types::input_datum(ty.oid, text.as_deref(), &decl.name).or_raise());
+            }
+            row_args.extend(self.key_args(&key));
+            row_args.extend(self.key_args(&key));
+            let result = subxact::try_in_subtransaction(|| {
+                self.as_owner(|stmts| stmts.exec(&work_row, &row_args))
+                    .or_raise_spi()
+            });
+            match result {
+                Ok(n) => done += n,
+                Err(e) => {
+                    failed += 1;
+                    self.stmts
+                        .exec(
+                            "INSERT INTO drip.row_errors (run_id, batch_no, key, error, sqlstate) \
+                             VALUES ($1, $2, $3, $4, $5) \
+                             ON CONFLICT (run_id, key) DO UPDATE SET batch_no = excluded.batch_no, \
+                                 error = excluded.error, sqlstate = excluded.sqlstate, \
+                                 at = excluded.at, resolved_at = NULL",
+                            &[
+                                self.run_id.into(),
+                                b.no.into(),
+                                key.clone().into(),
+                                e.message.as_str().into(),
+                                e.sqlstate.as_str().into(),
+                            ],
+                        )
+                        .or_raise_spi();
+                }
+            }
+        }
+        (done, failed)
+    }
+
+    /// Record a failed attempt. Returns true when the run failed for good.
+    pub(super) fn record_failure(&self, b: &Batch, e: &transaction::TxError) -> bool {
+        let message = format!("{} (SQLSTATE {})", e.message, e.sqlstate);
+        Spi::run_with_args(
+            "UPDATE drip.batches SET status = 'failed', error = $3, sqlstate = $4, \
+             finished_at = clock_timestamp() WHERE run_id = $1 AND batch_no = $2",
+            &[
+                self.run_id.into(),
+                b.no.into(),
+                e.message.as_str().into(),
+                e.sqlstate.as_str().into(),
+            ],
+        )
+        .or_raise_spi();
+        let Some(run) = catalog::read_run(self.run_id).or_raise() else {
+            return true;
+        };
+        catalog::notify_batch(&run, BatchStatus::Failed, b.no, 0, Some(&message)).or_raise();
+        if b.attempts >= self.max_attempts
+            && matches!(run.status, RunStatus::Running | RunStatus::Paused)
+        {
+            let error = format!("batch {} failed {} times: {message}", b.no, b.attempts);
+            catalog::set_run_status(&run, RunStatus::Failed, Some(&error)).or_raise();
+            return true;
+        }
+        false
+    }
+}
