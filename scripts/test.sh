@@ -198,6 +198,12 @@ suite_upgrade() {
     # installs one, then the other, as a package manager would.
     local base="$ROOT/target/upgrade-build" rev
     rev="$(git rev-parse --verify -q 'v0.1.0^{commit}' || true)"
+    if [[ -z "$rev" ]] && ! git cat-file -e "$RELEASE_0_1_0^{commit}" 2>/dev/null &&
+        [[ "$(git rev-parse --is-shallow-repository 2>/dev/null)" == true ]]; then
+        drip_log "shallow clone: fetching the history back to 0.1.0"
+        git fetch -q --unshallow --tags </dev/null || true
+        rev="$(git rev-parse --verify -q 'v0.1.0^{commit}' || true)"
+    fi
     if [[ -z "$rev" ]]; then
         git cat-file -e "$RELEASE_0_1_0^{commit}" 2>/dev/null ||
             drip_die "neither the v0.1.0 tag nor commit $RELEASE_0_1_0 is in this clone; fetch tags or full history"
