@@ -35,19 +35,29 @@ fn check_batch_size(batch_size: i32) -> DripResult<()> {
     Ok(())
 }
 
+/// Postgres keeps lock_timeout and statement_timeout in milliseconds in an int: longer values
+/// would be refused by every batch, so they are refused once, up front.
+const TIMEOUT_MAX_MS: i64 = i32::MAX as i64;
+
 fn check_interval(what: &str, value: &Interval) -> DripResult<()> {
+    check_interval_at_most(what, value, None)
+}
+
+fn check_timeout(what: &str, value: &Interval) -> DripResult<()> {
+    check_interval_at_most(what, value, Some(TIMEOUT_MAX_MS))
+}
+
+fn check_interval_at_most(what: &str, value: &Interval, max_ms: Option<i64>) -> DripResult<()> {
     let (negative, too_long) = Spi::get_two_with_args::<bool, bool>(
-        "SELECT $1 < interval '0', extract(epoch FROM $1) * 1000 > 2147483647",
-        &[(*value).into()],
+        "SELECT $1 < interval '0', extract(epoch FROM $1) * 1000 > $2",
+        &[(*value).into(), max_ms.into()],
     )?;
     if negative.unwrap_or(false) {
         return Err(DripError::BadOption(format!("{what} must not be negative")));
     }
-    // Postgres keeps lock_timeout and statement_timeout in milliseconds in an int: longer
-    // values would be refused by every batch, so refuse them here, once.
-    if too_long.unwrap_or(false) && matches!(what, "lock_timeout" | "statement_timeout") {
+    if let (Some(max), Some(true)) = (max_ms, too_long) {
         return Err(DripError::BadOption(format!(
-            "{what} must be at most 2147483647 milliseconds (about 24 days); use 0 for no limit"
+            "{what} must be at most {max} milliseconds (about 24 days); use 0 for no limit"
         )));
     }
     Ok(())
@@ -78,8 +88,8 @@ impl BatchOptions {
     fn check(&self) -> DripResult<()> {
         check_batch_size(self.batch_size)?;
         check_interval("sleep", &self.sleep)?;
-        check_interval("lock_timeout", &self.lock_timeout)?;
-        check_interval("statement_timeout", &self.statement_timeout)?;
+        check_timeout("lock_timeout", &self.lock_timeout)?;
+        check_timeout("statement_timeout", &self.statement_timeout)?;
         if let Some(t) = &self.target_batch_time {
             check_interval("target_batch_time", t)?;
         }
@@ -401,21 +411,8 @@ fn quoted_keys(compiled: &compile::Compiled) -> Vec<String> {
         .collect()
 }
 
-/// Bound arguments for a stored (canonical) key.
-fn key_args(
-    compiled: &compile::Compiled,
-    key: &[String],
-) -> DripResult<Vec<pgrx::datum::DatumWithOid<'static>>> {
-    compiled
-        .keys
-        .iter()
-        .zip(key)
-        .map(|(col, v)| types::key_datum(col.type_oid, v, &col.name))
-        .collect()
-}
-
 /// Read one key (canonical text per column) from the first row of a query, if any.
-fn read_key(
+pub(crate) fn read_key(
     sql: &str,
     args: &[pgrx::datum::DatumWithOid],
     k: usize,
@@ -449,7 +446,7 @@ fn split_points(
     let bounds = || -> DripResult<Vec<pgrx::datum::DatumWithOid<'static>>> {
         let mut args = Vec::new();
         for key in [from, to].into_iter().flatten() {
-            args.extend(key_args(compiled, key)?);
+            args.extend(compiled.key_args(key)?);
         }
         Ok(args)
     };
@@ -546,15 +543,19 @@ impl RunOverrides<'_> {
                 self.max_batch_size.unwrap_or(i32::MAX),
             )?;
         }
-        for (what, v) in [
-            ("sleep", &self.sleep),
-            ("lock_timeout", &self.lock_timeout),
-            ("statement_timeout", &self.statement_timeout),
-            ("target_batch_time", &self.target_batch_time),
-            ("max_replica_lag", &self.max_replica_lag),
+        for (what, v, max_ms) in [
+            ("sleep", &self.sleep, None),
+            ("lock_timeout", &self.lock_timeout, Some(TIMEOUT_MAX_MS)),
+            (
+                "statement_timeout",
+                &self.statement_timeout,
+                Some(TIMEOUT_MAX_MS),
+            ),
+            ("target_batch_time", &self.target_batch_time, None),
+            ("max_replica_lag", &self.max_replica_lag, None),
         ] {
             if let Some(v) = v {
-                check_interval(what, v)?;
+                check_interval_at_most(what, v, max_ms)?;
             }
         }
         Ok(())

@@ -249,6 +249,15 @@ pub fn compile(src: &Source) -> DripResult<Compiled> {
 }
 
 impl Compiled {
+    /// Bound arguments for a stored (canonical) key, one per key column.
+    pub fn key_args(&self, key: &[String]) -> DripResult<Vec<pgrx::datum::DatumWithOid<'static>>> {
+        self.keys
+            .iter()
+            .zip(key)
+            .map(|(col, v)| types::key_datum(col.type_oid, v, &col.name))
+            .collect()
+    }
+
     /// Ask Postgres to parse, analyze and plan the scope, the work statement and the boundary
     /// query, with the declared parameter types (values NULL). Nothing is executed.
     pub fn validate(&self, row_mode: bool) -> DripResult<()> {

@@ -103,15 +103,14 @@ fn plan_definition(
         None => None,
     };
     let key_args = |vals: Option<&Vec<String>>| -> DripResult<Vec<DatumWithOid<'static>>> {
-        compiled
-            .keys
-            .iter()
-            .enumerate()
-            .map(|(i, k)| match vals {
-                Some(v) => types::key_datum(k.type_oid, &v[i], &k.name),
-                None => Ok(DatumWithOid::null_oid(k.type_oid)),
-            })
-            .collect()
+        match vals {
+            Some(v) => compiled.key_args(v),
+            None => Ok(compiled
+                .keys
+                .iter()
+                .map(|k| DatumWithOid::null_oid(k.type_oid))
+                .collect()),
+        }
     };
     let mut boundary_args = key_args(first.as_ref())?;
     boundary_args.push(DatumWithOid::from(batch_size));
@@ -155,29 +154,12 @@ fn sample_key(
     after: Option<&Vec<String>>,
     n: i64,
 ) -> DripResult<Option<Vec<String>>> {
-    let mut args: Vec<DatumWithOid> = Vec::new();
-    let sql = match after {
-        None => &compiled.sql.boundary_first,
-        Some(k) => {
-            for (i, col) in compiled.keys.iter().enumerate() {
-                args.push(types::key_datum(col.type_oid, &k[i], &col.name)?);
-            }
-            &compiled.sql.boundary_next
-        }
+    let (sql, mut args) = match after {
+        None => (&compiled.sql.boundary_first, Vec::new()),
+        Some(k) => (&compiled.sql.boundary_next, compiled.key_args(k)?),
     };
     args.push(DatumWithOid::from(n));
-    let k = compiled.keys.len();
-    Ok(Spi::connect(|c| {
-        let t = c.select(sql.as_str(), None, &args)?;
-        if let Some(r) = t.into_iter().next() {
-            let mut out = Vec::with_capacity(k);
-            for i in 1..=k {
-                out.push(r.get::<String>(i)?.unwrap_or_default());
-            }
-            return Ok(Some(out));
-        }
-        Ok::<_, pgrx::spi::SpiError>(None)
-    })?)
+    crate::api::read_key(sql, &args, compiled.keys.len())
 }
 
 /// EXPLAIN (no ANALYZE: nothing runs) as text.

@@ -65,10 +65,9 @@ fn retry_rows_impl(run_id: i64) -> DripResult<i64> {
         for ((d, t), v) in compiled.params.iter().zip(&texts) {
             args.push(types::input_datum(t.oid, v.as_deref(), &d.name)?);
         }
+        // The row's key as the low bound and (unused) the high bound.
         for _ in 0..2 {
-            for (col, v) in compiled.keys.iter().zip(&key) {
-                args.push(types::key_datum(col.type_oid, v, &col.name)?);
-            }
+            args.extend(compiled.key_args(&key)?);
         }
         let sql = compiled.sql.work_row.clone();
         let result = subxact::try_in_subtransaction(|| {

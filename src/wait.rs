@@ -70,7 +70,7 @@ fn wait_impl(run_id: i64, timeout: Option<Interval>) -> DripResult<String> {
     })?;
     // After a restart without shared_preload_libraries nobody may be executing the run yet:
     // start the recovery now rather than at the end of this statement.
-    launch::launch_scheduler(wake::my_database_oid());
+    launch::recover_now()?;
     Spi::run_with_args(
         "SELECT pg_catalog.pg_advisory_xact_lock_shared($1, $2)",
         &[WAIT_KEY.into(), run_key(run_id).into()],

@@ -201,13 +201,8 @@ impl Runner {
         .or_raise_spi()
     }
 
-    pub(super) fn key_args<'a>(&self, values: &[String]) -> Vec<DatumWithOid<'a>> {
-        self.compiled
-            .keys
-            .iter()
-            .zip(values)
-            .map(|(k, v)| types::key_datum(k.type_oid, v, &k.name).or_raise())
-            .collect()
+    pub(super) fn key_args(&self, values: &[String]) -> Vec<DatumWithOid<'static>> {
+        self.compiled.key_args(values).or_raise()
     }
 
     /// Run user-facing SQL as the backfill's owner, in a security-restricted operation with

@@ -84,6 +84,15 @@ thread_local! {
     static KICK_REGISTERED: Cell<bool> = const { Cell::new(false) };
 }
 
+/// If any run needs a scheduler, start one now (for callers that block in this transaction,
+/// such as `drip.wait`, and so cannot wait for its commit).
+pub fn recover_now() -> DripResult<()> {
+    if crate::security::as_catalog(catalog::has_unfinished_runs)? {
+        launch_scheduler(wake::my_database_oid());
+    }
+    Ok(())
+}
+
 /// If any run needs a scheduler, start one when the current transaction commits (nothing
 /// happens if it rolls back). Called by every `drip.*` function, which is also how runs left
 /// behind by a restart are picked up without `shared_preload_libraries`.
