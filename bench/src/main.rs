@@ -245,15 +245,20 @@ fn register(b: &mut Bench, name: &str, extra: &str) {
 // ---------------------------------------------------------------------------------------------
 
 fn pg_bin(name: &str) -> String {
-    format!("{}/{name}", common::PG_BIN)
+    format!("{}/{name}", common::pg_bin())
 }
 
 fn setup(scale: i64, dir: &Path) -> Bench {
+    setup_with(scale, dir, "")
+}
+
+/// `setup` with extra postgresql.conf lines (the profile adds pg_stat_statements).
+fn setup_with(scale: i64, dir: &Path, extra_conf: &str) -> Bench {
     let cluster = Cluster::create_in(dir, &format!("bench_s{scale}"));
-    cluster.set_conf(
+    cluster.set_conf(&format!(
         "fsync = on\nsynchronous_commit = on\nshared_buffers = '512MB'\nmax_wal_size = '8GB'\n\
-         checkpoint_timeout = '30min'\nautovacuum = off\nmax_worker_processes = 32",
-    );
+         checkpoint_timeout = '30min'\nautovacuum = off\nmax_worker_processes = 32\n{extra_conf}"
+    ));
     cluster.start();
     let mut admin = cluster.connect("postgres");
     admin
@@ -497,6 +502,107 @@ fn overhead(b: &mut Bench) {
         "| data_drip bookkeeping over the hand-written loop | | {:.0} |",
         per_d - per_p
     );
+}
+
+/// Where a batch's microseconds go: pg_stat_statements (track = all) over an empty-scope run of
+/// batch 1,000, next to the PL/pgSQL loop doing the same empty batches. Statement times are per
+/// batch; what no statement accounts for is transaction start and commit (with its WAL flush,
+/// counted by pg_stat_wal) and the runner's own Rust.
+fn profile(b: &mut Bench, rounds: usize) {
+    b.c.batch_execute("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
+        .unwrap();
+    register(
+        b,
+        "bempty",
+        ", batch_size => 1000, sleep => '0', scope => 'false'",
+    );
+    println!("\n### Per-batch cost breakdown (empty scope, batch 1000)\n");
+    for round in 0..rounds {
+        for who in ["data_drip", "PL/pgSQL loop"] {
+            b.c.batch_execute(
+                "SELECT pg_stat_statements_reset(); SELECT pg_stat_reset_shared('wal'); CHECKPOINT",
+            )
+            .unwrap();
+            let t0 = Instant::now();
+            let (batches, wall_us) = if who == "data_drip" {
+                let run: i64 = b.q_i64("SELECT drip.start('bempty')");
+                b.c.batch_execute(&format!("SELECT drip.wait({run})")).unwrap();
+                // Steady state: from the first batch's start to the last one's end.
+                let r = b
+                    .c
+                    .query_one(
+                        "SELECT count(*), extract(epoch FROM max(finished_at) - min(started_at))::float8 * 1e6 \
+                         FROM drip.batches WHERE run_id = $1",
+                        &[&run],
+                    )
+                    .unwrap();
+                let n: i64 = r.get(0);
+                (n, r.get::<_, f64>(1))
+            } else {
+                b.c.batch_execute("CALL bench_empty_loop(1000)").unwrap();
+                let n = (b.accounts() + 999) / 1000;
+                (n, t0.elapsed().as_secs_f64() * 1e6)
+            };
+            std::thread::sleep(Duration::from_millis(1500));
+            let per = |x: f64| x / batches.max(1) as f64;
+            let rows = b
+                .c
+                .query(
+                    "SELECT toplevel, calls, total_exec_time, regexp_replace(query, '\\s+', ' ', 'g') \
+                     FROM pg_stat_statements WHERE calls >= $1 \
+                       AND query NOT LIKE '%pg_stat_statements%' AND query NOT LIKE '%drip.wait%' \
+                     ORDER BY total_exec_time DESC LIMIT 14",
+                    &[&(batches / 2)],
+                )
+                .unwrap();
+            let wal = b
+                .c
+                .query_one(
+                    "SELECT wal_sync, wal_sync_time, wal_write FROM pg_stat_wal",
+                    &[],
+                )
+                .unwrap();
+            let syncs: i64 = wal.get(0);
+            let sync_ms: f64 = wal.get(1);
+            println!(
+                "\n**{who}**, round {}: {batches} batches, {:.0} µs per batch; WAL flushes per batch {:.2}, \
+                 {:.0} µs of flushing per batch\n",
+                round + 1,
+                per(wall_us),
+                per(syncs as f64),
+                per(sync_ms * 1000.0)
+            );
+            println!("| statement | top level | calls per batch | µs per batch |");
+            println!("|---|---|---:|---:|");
+            let mut top_us = 0.0;
+            for r in &rows {
+                let toplevel: bool = r.get(0);
+                let calls: i64 = r.get(1);
+                let ms: f64 = r.get(2);
+                let q: String = r.get(3);
+                if toplevel {
+                    top_us += ms * 1000.0;
+                }
+                let q = if q.chars().count() > 110 {
+                    format!("{}…", q.chars().take(110).collect::<String>())
+                } else {
+                    q
+                };
+                println!(
+                    "| `{}` | {} | {:.2} | {:.1} |",
+                    q.replace('|', "\\|"),
+                    if toplevel { "yes" } else { "nested" },
+                    per(calls as f64),
+                    per(ms * 1000.0)
+                );
+            }
+            println!(
+                "| *top-level statements, sum* | | | {:.1} |\n| *the rest: transaction start and commit (WAL flush), Rust* | | | {:.1} |",
+                per(top_us),
+                per(wall_us - top_us)
+            );
+        }
+    }
 }
 
 /// Worker memory over a run of many small batches: sampled through the run.
@@ -793,6 +899,22 @@ fn main() {
         .filter_map(|s| s.parse().ok())
         .collect();
     let rounds: usize = env_or("BENCH_ROUNDS", "2").parse().unwrap_or(2);
+    if env_or("BENCH_ONLY", "") == "profile" {
+        let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join("..")
+            .join("target")
+            .join("bench");
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut b = setup_with(
+            10,
+            &dir,
+            "shared_preload_libraries = 'pg_stat_statements'\npg_stat_statements.track = 'all'\n\
+             pg_stat_statements.max = 2000\ntrack_wal_io_timing = on",
+        );
+        println!("Machine: {}.", machine());
+        profile(&mut b, rounds);
+        return;
+    }
     if env_or("BENCH_ONLY", "") == "parallel" {
         let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
             .join("..")
