@@ -1,0 +1,4 @@
+//! Talking to PostgreSQL: a small pool per role and every query the dashboard makes.
+
+pub mod pool;
+pub mod queries;

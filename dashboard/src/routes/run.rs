@@ -1,0 +1,211 @@
+//! One run: progress, timeline, batches, errors, events; its controls and `drip.alter`.
+
+use std::sync::Arc;
+
+use askama::Template;
+use axum::extract::{Path, Query, State};
+use axum::http::Uri;
+use axum::response::{IntoResponse, Redirect, Response};
+use axum::Form;
+use serde::Deserialize;
+
+use crate::auth::Viewer;
+use crate::db::queries::{self, Control};
+use crate::error::{AppError, AppResult};
+use crate::routes::{chrome, current_url, fragment_url, html, safe_return};
+use crate::views::pages::{
+    detail_settings, query_href, BatchView, EventView, RowErrorView, RunFragment, RunLive, RunPage,
+    RunView,
+};
+use crate::views::{fmt, svg};
+use crate::AppState;
+
+const BATCH_PAGE: i64 = 50;
+/// More batches than this are drawn as stretches (one mark per stretch).
+const TIMELINE_MARKS: i64 = 400;
+
+#[derive(Deserialize, Default)]
+pub struct RunQuery {
+    /// "1": only batches with an error.
+    errors: Option<String>,
+    /// Keyset pagination of the batches table.
+    before: Option<i64>,
+    fragment: Option<String>,
+}
+
+pub async fn show(
+    State(state): State<Arc<AppState>>,
+    viewer: Viewer,
+    Path(id): Path<i64>,
+    uri: Uri,
+    Query(q): Query<RunQuery>,
+) -> AppResult<Response> {
+    let db = viewer.pool.get().await?;
+    let rights = queries::rights(&db).await?;
+    // The cursor first: whatever commits after it reaches the page through the stream.
+    let cursor = queries::head_cursor(&db).await?;
+    let (Some(run), Some(detail)) = (
+        queries::run(&db, id).await?,
+        queries::run_detail(&db, id).await?,
+    ) else {
+        return Err(AppError::not_found(format!(
+            "No run {id} that your role may see."
+        )));
+    };
+    let now = fmt::now_epoch();
+    let errors_only = q.errors.as_deref() == Some("1");
+    let base = format!("/runs/{id}");
+    let here = current_url(&base, uri.query());
+
+    let batches = queries::batches(&db, id, errors_only, q.before, BATCH_PAGE + 1).await?;
+    let more = batches.len() as i64 > BATCH_PAGE;
+    let batches: Vec<BatchView> = batches
+        .iter()
+        .take(BATCH_PAGE as usize)
+        .map(|b| BatchView::new(b, now))
+        .collect();
+    let errors_flag = if errors_only { "1" } else { "" };
+    let older_href = match (more, batches.last()) {
+        (true, Some(last)) => query_href(
+            &base,
+            &[
+                ("errors", errors_flag),
+                ("before", &last.batch_no.to_string()),
+            ],
+        ),
+        _ => String::new(),
+    };
+    let first_href = if q.before.is_some() {
+        query_href(&base, &[("errors", errors_flag)])
+    } else {
+        String::new()
+    };
+    let filter_href = query_href(&base, &[("errors", if errors_only { "" } else { "1" })]);
+
+    let marks = queries::timeline(&db, id, TIMELINE_MARKS).await?;
+    let batch_count = detail.next_batch_no - 1;
+    let timeline_note = if batch_count > TIMELINE_MARKS {
+        format!(
+            "{} batches in key order, one mark per ~{} batches",
+            fmt::count(batch_count),
+            (batch_count + TIMELINE_MARKS - 1) / TIMELINE_MARKS
+        )
+    } else {
+        format!(
+            "{} batches in key order, one mark each",
+            fmt::count(batch_count)
+        )
+    };
+
+    let live = RunLive {
+        run: RunView::new(&run, &rights, now),
+        sparkline: svg::sparkline(&queries::throughput(&db, id, 60).await?),
+        timeline: svg::timeline(&marks),
+        timeline_note,
+        run_error: detail.error.clone().unwrap_or_default(),
+        errors: queries::error_groups(&db, id).await?,
+        batches,
+        errors_only,
+        older_href,
+        first_href,
+        filter_href,
+        row_errors: queries::row_errors(&db, id, 50)
+            .await?
+            .iter()
+            .map(|r| RowErrorView::new(r, now))
+            .collect(),
+        events: queries::run_events(&db, id, 100)
+            .await?
+            .iter()
+            .map(|e| EventView::new(e, now))
+            .collect(),
+        return_to: here.clone(),
+        started_by: detail.started_by.clone(),
+        worker_pid: detail.worker_pid.map(|p| p.to_string()).unwrap_or_default(),
+        cursor: cursor.clone(),
+        batch_settings: detail_settings(&detail),
+    };
+    let mut chrome = chrome(
+        &state,
+        &viewer,
+        &rights,
+        format!("Run {id} · {}", run.backfill),
+        "runs",
+    );
+    chrome.cursor = cursor;
+    chrome.live_src = fragment_url(&here);
+    chrome.live_run = id;
+    if q.fragment.is_some() {
+        return Ok(html(RunFragment { chrome, live }.render()?));
+    }
+    let pretty = |v: &serde_json::Value| serde_json::to_string_pretty(v).unwrap_or_default();
+    let active = matches!(
+        run.status.as_str(),
+        "pending" | "enqueued" | "running" | "paused"
+    );
+    let alter_refused = match (&rights.alter, active) {
+        (Some(r), _) => r.clone(),
+        (None, false) => format!("run {id} is {}: only active runs can change", run.status),
+        (None, true) => String::new(),
+    };
+    Ok(html(
+        RunPage {
+            chrome,
+            live,
+            params: pretty(&detail.params),
+            definition: pretty(&detail.definition),
+            alter_refused,
+            alter_open: active,
+            batch_size: detail.batch_size,
+            sleep: fmt::duration(detail.sleep_secs),
+        }
+        .render()?,
+    ))
+}
+
+#[derive(Deserialize)]
+pub struct ControlForm {
+    return_to: Option<String>,
+}
+
+/// `POST /runs/{id}/{pause|resume|stop|retry}`: the drip.* function decides; its error is
+/// shown with the SQLSTATE.
+pub async fn control(
+    viewer: Viewer,
+    Path((id, action)): Path<(i64, String)>,
+    Form(form): Form<ControlForm>,
+) -> AppResult<Response> {
+    let action = Control::parse(&action)
+        .ok_or_else(|| AppError::not_found(format!("no action “{action}”")))?;
+    let db = viewer.pool.get().await?;
+    queries::control(&db, action, id).await?;
+    let back = safe_return(form.return_to.as_deref(), &format!("/runs/{id}"));
+    Ok(Redirect::to(&back).into_response())
+}
+
+#[derive(Deserialize)]
+pub struct AlterForm {
+    batch_size: Option<String>,
+    sleep: Option<String>,
+}
+
+pub async fn alter(
+    viewer: Viewer,
+    Path(id): Path<i64>,
+    Form(form): Form<AlterForm>,
+) -> AppResult<Response> {
+    let batch_size = match form.batch_size.as_deref().map(str::trim) {
+        None | Some("") => None,
+        Some(s) => Some(s.parse::<i32>().map_err(|_| {
+            AppError::bad_request(format!("batch size “{s}” is not a whole number"))
+        })?),
+    };
+    let sleep = form
+        .sleep
+        .as_deref()
+        .map(str::trim)
+        .filter(|s| !s.is_empty());
+    let db = viewer.pool.get().await?;
+    queries::alter(&db, id, batch_size, sleep).await?;
+    Ok(Redirect::to(&format!("/runs/{id}")).into_response())
+}
