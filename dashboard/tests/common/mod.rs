@@ -15,6 +15,7 @@ use drip_dashboard::AppState;
 use tokio::sync::oneshot;
 use tokio_postgres::{Client, NoTls};
 
+pub mod browser;
 pub mod http;
 pub mod sse;
 
