@@ -269,11 +269,16 @@ DECLARE
     p jsonb := payload::jsonb;
     event_id bigint;
 BEGIN
-    INSERT INTO drip.events (event, run_id, payload)
-    VALUES (p ->> 'event', (p ->> 'run_id')::bigint, p)
-    RETURNING id INTO event_id;
+    -- batch_running is only sent: the batch row records the start, and every batch's outcome
+    -- (batch_completed or batch_failed, also for an interrupted attempt) is logged. This keeps
+    -- one drip.events row per batch instead of two.
+    IF p ->> 'event' <> 'batch_running' THEN
+        INSERT INTO drip.events (event, run_id, payload)
+        VALUES (p ->> 'event', (p ->> 'run_id')::bigint, p)
+        RETURNING id INTO event_id;
+    END IF;
     IF pg_catalog.current_setting('drip.notify_payload', true) = 'full' THEN
-        PERFORM pg_catalog.pg_notify('drip_events', (p || jsonb_build_object('id', event_id))::text);
+        PERFORM pg_catalog.pg_notify('drip_events', (p || jsonb_strip_nulls(jsonb_build_object('id', event_id)))::text);
     ELSE
         PERFORM pg_catalog.pg_notify('drip_events', jsonb_strip_nulls(jsonb_build_object(
             'id', event_id, 'event', p -> 'event', 'run_id', p -> 'run_id',

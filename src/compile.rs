@@ -11,6 +11,7 @@ use crate::action::{self, ActionKind};
 use crate::error::{DripError, DripResult};
 use crate::keyset::{self, BatchSql};
 use crate::params::{self, ParamDecl};
+use crate::pg::settings;
 use crate::pg::types::{self, ResolvedType};
 
 #[derive(Debug, Clone)]
@@ -228,9 +229,14 @@ pub fn compile(src: &Source) -> DripResult<Compiled> {
     // cannot be, since it is the first word, so the offset still holds.
 
     let quoted_keys: Vec<String> = keys.iter().map(|k| quote_ident(&k.name)).collect();
+    let plain_text: Vec<bool> = keys
+        .iter()
+        .map(|k| settings::text_is_canonical(k.type_oid))
+        .collect();
     let sql = keyset::build(&keyset::Spec {
         relation: &rel.quoted,
         keys: &quoted_keys,
+        plain_text: &plain_text,
         n_params: resolved.len(),
         scope: scope.as_deref(),
         action: &action_sql,

@@ -44,6 +44,8 @@ pub struct BatchSql {
 pub struct Spec<'a> {
     pub relation: &'a str,
     pub keys: &'a [String],
+    /// Per key column: its type's text output is the same under any session settings.
+    pub plain_text: &'a [bool],
     pub n_params: usize,
     pub scope: Option<&'a str>,
     pub action: &'a str,
@@ -63,11 +65,22 @@ fn row(items: &[String]) -> String {
 
 /// Key columns turned into their canonical text: `drip.key_text` pins the settings that text
 /// forms depend on (see `pg::settings::CANONICAL`), so any session reads the value back exactly.
-fn key_text(keys: &[String], qualifier: Option<&str>) -> String {
+/// A column whose type's text no setting changes (`plain[i]`) is cast with `::text`, which is
+/// already canonical and skips key_text's SET clauses (a save and restore of six settings per
+/// call, on every batch's boundary query).
+fn key_text(keys: &[String], plain: &[bool], qualifier: Option<&str>) -> String {
     keys.iter()
-        .map(|c| match qualifier {
-            Some(q) => format!("drip.key_text({q}.{c})"),
-            None => format!("drip.key_text({c})"),
+        .enumerate()
+        .map(|(i, c)| {
+            let col = match qualifier {
+                Some(q) => format!("{q}.{c}"),
+                None => c.clone(),
+            };
+            if plain.get(i).copied().unwrap_or(false) {
+                format!("{col}::text")
+            } else {
+                format!("drip.key_text({col})")
+            }
         })
         .collect::<Vec<_>>()
         .join(", ")
@@ -95,7 +108,7 @@ pub fn build(spec: &Spec) -> BatchSql {
         .map(|c| format!("drip_keys.{c} DESC"))
         .collect::<Vec<_>>()
         .join(", ");
-    let as_text = key_text(spec.keys, None);
+    let as_text = key_text(spec.keys, spec.plain_text, None);
 
     // Conditions of the key walk: above the cursor, and not past the cap.
     let walk = |lower: Option<String>, cap: Option<String>| {
@@ -120,7 +133,7 @@ pub fn build(spec: &Spec) -> BatchSql {
         format!(
             "SELECT {keys_text}, count(*) OVER () FROM (SELECT {order_asc} FROM {rel}{filter} \
              ORDER BY {order_asc} LIMIT {limit}) AS drip_keys ORDER BY {order_desc} LIMIT 1",
-            keys_text = key_text(spec.keys, Some("drip_keys")),
+            keys_text = key_text(spec.keys, spec.plain_text, Some("drip_keys")),
             rel = spec.relation
         )
     };
@@ -143,7 +156,7 @@ pub fn build(spec: &Spec) -> BatchSql {
         format!(
             "SELECT {keys_text} FROM (SELECT {cols} FROM {rel} AS drip_rows{filter} \
              ORDER BY {order_rows} OFFSET {n} - 1 LIMIT 1) AS drip_keys",
-            keys_text = key_text(spec.keys, Some("drip_keys")),
+            keys_text = key_text(spec.keys, spec.plain_text, Some("drip_keys")),
             cols = qualified(spec.keys, "drip_rows"),
             rel = spec.relation
         )
@@ -244,7 +257,7 @@ pub fn range(relation: &str, keys: &[String], has_from: bool, has_to: bool) -> R
         .map(|c| format!("drip_rows.{c} DESC"))
         .collect::<Vec<_>>()
         .join(", ");
-    let outer = key_text(keys, Some("drip_keys"));
+    let outer = key_text(keys, &[], Some("drip_keys"));
     RangeSql {
         count: format!("SELECT count(*) FROM {relation} AS drip_rows{filter}"),
         nth: format!(
@@ -268,6 +281,7 @@ mod tests {
         let sql = build(&Spec {
             relation: "public.users",
             keys: &keys,
+            plain_text: &[false],
             n_params: 1,
             scope: Some("age = $1"),
             action: "SET email = lower(email)",
@@ -303,11 +317,34 @@ mod tests {
     }
 
     #[test]
+    fn plain_text_keys_skip_key_text() {
+        // Integers and text need no pinned settings; a timestamp next to them does.
+        let keys = vec!["id".to_string(), "at".to_string()];
+        let sql = build(&Spec {
+            relation: "t",
+            keys: &keys,
+            plain_text: &[true, false],
+            n_params: 0,
+            scope: None,
+            action: "SET x = 1",
+            kind: &ActionKind::Set,
+            capped: false,
+        });
+        assert!(sql
+            .full_next
+            .starts_with("SELECT drip_keys.id::text, drip.key_text(drip_keys.at) FROM"));
+        assert!(sql
+            .boundary_first
+            .starts_with("SELECT drip_keys.id::text, drip.key_text(drip_keys.at), count(*) OVER ()"));
+    }
+
+    #[test]
     fn composite_key_delete_and_statement() {
         let keys = vec!["a".to_string(), "\"B\"".to_string()];
         let sql = build(&Spec {
             relation: "t",
             keys: &keys,
+            plain_text: &[false, false],
             n_params: 0,
             scope: None,
             action: "DELETE",
@@ -336,6 +373,7 @@ mod tests {
         let sql = build(&Spec {
             relation: "t",
             keys: &keys[..1],
+            plain_text: &[false],
             n_params: 0,
             scope: None,
             action,

@@ -61,16 +61,21 @@ impl Rng {
 
 /// Create database `db` with the extension and the counted table, register `action`.
 fn setup(cluster: &Cluster, db: &str, action: &str, extra_sql: &str) -> i64 {
-    setup_parallel(cluster, db, action, extra_sql, 1)
+    setup_parallel(cluster, db, action, extra_sql, 1, SLEEP)
 }
 
-/// `setup`, starting the run with `parallel` slices.
+/// The sleep between batches of most scenarios.
+const SLEEP: &str = "10 milliseconds";
+
+/// `setup`, starting the run with `parallel` slices and `sleep` between batches (with none, each
+/// batch is marked in the commit of the previous batch's work).
 fn setup_parallel(
     cluster: &Cluster,
     db: &str,
     action: &str,
     extra_sql: &str,
     parallel: i32,
+    sleep: &str,
 ) -> i64 {
     let mut admin = cluster.connect("postgres");
     // Two calls: DROP/CREATE DATABASE refuse a multi-statement (implicit transaction) string.
@@ -91,8 +96,8 @@ fn setup_parallel(
     .unwrap();
     c.execute(
         "SELECT drip.register('count', 'counted', $1, scope => $2, batch_size => $3::int, \
-         sleep => '10 milliseconds', max_attempts => 3)",
-        &[&action, &SCOPE, &(BATCH as i32)],
+         sleep => $4::text::interval, max_attempts => 3)",
+        &[&action, &SCOPE, &(BATCH as i32), &sleep],
     )
     .unwrap();
     c.query_one("SELECT drip.start('count', parallel => $1)", &[&parallel])
@@ -269,9 +274,40 @@ fn scenario_parallel(
     name: &str,
     count: usize,
     parallel: i32,
-    mut fault: impl FnMut(&Cluster, &str) -> bool,
+    fault: impl FnMut(&Cluster, &str) -> bool,
     after_fault: impl Fn(&Cluster, &str),
 ) {
+    scenario_with(cluster, rng, name, count, parallel, SLEEP, fault, after_fault);
+}
+
+/// `scenario` with no sleep between batches: each batch is marked in the same commit as the
+/// previous batch's work. A fault lands while a batch is in flight, and its marker must have
+/// been durable: the interrupted attempt is on record.
+fn scenario_no_sleep(
+    cluster: &Cluster,
+    rng: &mut Rng,
+    name: &str,
+    count: usize,
+    fault: impl FnMut(&Cluster, &str) -> bool,
+) {
+    let rep = scenario_with(cluster, rng, name, count, 1, "0", fault, nothing);
+    assert!(
+        rep.interrupted >= 1,
+        "{name}: no interrupted attempt was recorded"
+    );
+}
+
+#[allow(clippy::too_many_arguments)]
+fn scenario_with(
+    cluster: &Cluster,
+    rng: &mut Rng,
+    name: &str,
+    count: usize,
+    parallel: i32,
+    sleep: &str,
+    mut fault: impl FnMut(&Cluster, &str) -> bool,
+    after_fault: impl Fn(&Cluster, &str),
+) -> Report {
     let db = format!("f_{name}");
     // The uncorrelated sub-select runs once per batch: ~20 ms of work per batch, so most faults
     // land while a batch is in flight rather than in the 10 ms sleep between batches.
@@ -281,6 +317,7 @@ fn scenario_parallel(
         "SET n = n + 1 + (SELECT 0 FROM pg_sleep(0.02))",
         "",
         parallel,
+        sleep,
     );
     let mut injected = 0;
     for _ in 0..count {
@@ -311,6 +348,7 @@ fn scenario_parallel(
         "{name}: {} completed batches for {expected} key ranges",
         rep.completed_batches
     );
+    rep
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -451,6 +489,15 @@ fn fault_injection_suite() {
         terminate_runner,
         nothing,
     );
+    scenario_no_sleep(&cluster, &mut rng, "sigkill_worker_no_sleep", 3, kill_runner);
+    scenario_no_sleep(
+        &cluster,
+        &mut rng,
+        "immediate_stop_no_sleep",
+        2,
+        immediate_restart,
+    );
+    crash_loop(&cluster);
     replaced_extension_is_left_alone(&cluster, true);
     replaced_extension_is_left_alone(&cluster, false);
     cluster.stop("fast");
@@ -556,6 +603,61 @@ fn permanent_failure(cluster: &Cluster) {
         (attempts, state.as_str()),
         (3, "22012"),
         "{name}: failed batch after max_attempts"
+    );
+    assert_eq!(rep.completed_batches, 100_000 / BATCH);
+}
+
+/// An action that kills its own backend (SIGKILL, so the postmaster restarts every backend) on
+/// one key, every time. With no sleep between batches, that batch is marked in the commit of
+/// the batch before it; the marker must survive each crash so that each attempt is counted,
+/// and the run must end `failed` after max_attempts (3) crash-restarts instead of looping.
+/// Everything before that batch is done exactly once, nothing after it is touched.
+fn crash_loop(cluster: &Cluster) {
+    let name = "crash_loop";
+    let db = format!("f_{name}");
+    let run = setup_parallel(
+        cluster,
+        &db,
+        "SET n = n + crash_at(id, 100001)",
+        "CREATE FUNCTION crash_at(k int, target int) RETURNS int LANGUAGE plpgsql AS $$
+         BEGIN
+             IF k = target THEN
+                 EXECUTE format('COPY (SELECT 1) TO PROGRAM %L', 'kill -9 ' || pg_backend_pid());
+             END IF;
+             RETURN 1;
+         END $$;",
+        1,
+        "0",
+    );
+    let started = Instant::now();
+    assert_eq!(
+        wait_finished(cluster, &db, run, Duration::from_secs(240)),
+        "failed",
+        "{name}"
+    );
+    let rep = verify(cluster, &db, run, Some(100_000));
+    assert_report(name, 3, &rep, "failed");
+    let mut c = cluster.connect(&db);
+    let (attempts, error, run_error): (i32, String, String) = c
+        .query_one(
+            "SELECT b.attempts, b.error, r.error FROM drip.batches b JOIN drip.runs r ON r.id = b.run_id \
+             WHERE b.run_id = $1 AND b.status = 'failed'",
+            &[&run],
+        )
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .unwrap();
+    println!(
+        "scenario {name}: failed after {:.1} s; batch attempts {attempts} ({error}); run: {run_error}",
+        started.elapsed().as_secs_f64()
+    );
+    assert_eq!(
+        (attempts, error.as_str()),
+        (3, "interrupted"),
+        "{name}: the crashing batch is recorded with every attempt"
+    );
+    assert!(
+        run_error.contains("interrupted 3 times"),
+        "{name}: the run says why it failed: {run_error}"
     );
     assert_eq!(rep.completed_batches, 100_000 / BATCH);
 }

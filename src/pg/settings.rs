@@ -21,6 +21,27 @@ pub const CANONICAL: &[(&CStr, &str)] = &[
     (c"lc_monetary", "C"),
 ];
 
+/// Types whose text output no setting changes (integers, numeric, text types, uuid, bool):
+/// `::text` is already their canonical text. Everything else (dates, times, intervals, floats,
+/// bytea, money, domains, composites, enums, arrays...) goes through `drip.key_text`.
+pub fn text_is_canonical(oid: pg_sys::Oid) -> bool {
+    [
+        pg_sys::INT2OID,
+        pg_sys::INT4OID,
+        pg_sys::INT8OID,
+        pg_sys::OIDOID,
+        pg_sys::NUMERICOID,
+        pg_sys::TEXTOID,
+        pg_sys::VARCHAROID,
+        pg_sys::BPCHAROID,
+        pg_sys::NAMEOID,
+        pg_sys::CHAROID,
+        pg_sys::UUIDOID,
+        pg_sys::BOOLOID,
+    ]
+    .contains(&oid)
+}
+
 /// Set a setting at the current GUC nest level (undone when the level is popped), without going
 /// through SQL.
 pub(crate) fn set_saved(name: &CStr, value: &str) {

@@ -6,6 +6,7 @@ use std::time::Instant;
 use pgrx::datum::DatumWithOid;
 use pgrx::prelude::*;
 
+use crate::adaptive::Adaptive;
 use crate::catalog::{self};
 use crate::error::{DripError, OrRaise};
 use crate::events;
@@ -16,6 +17,15 @@ use crate::throttle;
 use crate::worker::claim::release_run;
 use crate::worker::health::announce_throttled;
 use crate::worker::runner::{Batch, OrRaiseSpi, Runner, Settings, Step};
+
+/// The runner state that marking a batch changes (see `Runner::marking_state`).
+pub(super) struct MarkingState {
+    cursor: Option<Vec<String>>,
+    retry: Option<Batch>,
+    throttled: Option<&'static str>,
+    hold_times: u32,
+    adaptive: Option<Adaptive>,
+}
 use crate::worker::statements::StatementCache;
 
 impl Runner {
@@ -30,6 +40,12 @@ impl Runner {
             );
             return Step::Exit;
         }
+        self.mark_next_on_current()
+    }
+
+    /// `mark_next` in a transaction that already found the catalog current (and holds the
+    /// lock that keeps it so).
+    fn mark_next_on_current(&mut self) -> Step {
         let Some(state) = self.lock_state() else {
             release_run(self.run_id);
             return Step::Exit;
@@ -104,34 +120,31 @@ impl Runner {
             );
             return Step::Exit;
         };
-        // Batch numbers are per run (slices share them): taken from the run row we hold locked.
+        // Batch numbers are per run (slices share them): taken from the run row we hold
+        // locked, in the statement that inserts the batch row and sends batch_running.
+        let payload = self.batch_payload(BatchStatus::Running, 0, keys);
         let no = self
             .stmts
             .run(
-                "UPDATE drip.runs SET next_batch_no = next_batch_no + 1 WHERE id = $1 \
-                 RETURNING next_batch_no - 1",
-                &[self.run_id.into()],
-                |t| t.first().get_one::<i64>(),
-            )
-            .or_raise_spi()
-            .unwrap_or(1);
-        let payload = self.batch_payload(BatchStatus::Running, no, keys);
-        self.stmts
-            .exec(
-                "WITH i AS (INSERT INTO drip.batches (run_id, batch_no, low_key, high_key, status, batch_size, slice) \
-                     VALUES ($1, $2, $3, $4, 'running', $5, $7)) \
-                 SELECT drip.emit($6)",
+                "WITH n AS (UPDATE drip.runs SET next_batch_no = next_batch_no + 1 WHERE id = $1 \
+                            RETURNING next_batch_no - 1 AS no), \
+                      i AS (INSERT INTO drip.batches (run_id, batch_no, low_key, high_key, status, batch_size, slice) \
+                            SELECT $1, n.no, $2, $3, 'running', $4, $6 FROM n) \
+                 SELECT n.no, drip.emit(pg_catalog.jsonb_set($5::jsonb, '{batch}', pg_catalog.to_jsonb(n.no))::text) \
+                 FROM n",
                 &[
                     self.run_id.into(),
-                    no.into(),
                     self.cursor.clone().into(),
                     high.clone().into(),
                     settings.batch_size.into(),
                     payload.into(),
                     self.slice.into(),
                 ],
+                |t| t.first().get_one::<i64>(),
             )
-            .or_raise_spi();
+            .or_raise_spi()
+            .ok_or_else(|| DripError::Internal(format!("run {} has no row", self.run_id)))
+            .or_raise();
         Step::Batch(
             Batch {
                 no,
@@ -238,14 +251,6 @@ impl Runner {
             self.gone = true;
             DripError::Internal("the data_drip extension was dropped".into()).raise();
         }
-        const SET_LOCK_TIMEOUT: &str = "SELECT pg_catalog.set_config('lock_timeout', $1, true)";
-        // A batch must lose a lock fight with live traffic, not win it.
-        self.stmts
-            .exec(
-                SET_LOCK_TIMEOUT,
-                &[format!("{}ms", settings.lock_timeout_ms).into()],
-            )
-            .or_raise_spi();
         let mut args: Vec<DatumWithOid> = Vec::new();
         for ((decl, ty), text) in self.compiled.params.iter().zip(&self.param_texts) {
             args.push(types::input_datum(ty.oid, text.as_deref(), &decl.name).or_raise());
@@ -265,8 +270,11 @@ impl Runner {
         } else {
             self.compiled.sql.work_first.clone()
         };
-        let (rows, failed) = {
-            // Only the user's SQL is limited; our bookkeeping below is not.
+        // A batch must lose a lock fight with live traffic, not win it. Only the user's SQL is
+        // limited (lock and statement timeouts); our bookkeeping below waits for locks as long
+        // as it must (pause and stop hold the run row only briefly).
+        let lock_timeout = format!("{}ms", settings.lock_timeout_ms);
+        let (rows, failed) = crate::pg::settings::with(&[(c"lock_timeout", lock_timeout.as_str())], || {
             let _limit = timeout::StatementTimeout::arm(settings.statement_timeout);
             let started = Instant::now();
             let counts = if self.row_mode {
@@ -281,12 +289,7 @@ impl Runner {
                 a.observe(b.keys, started.elapsed());
             }
             counts
-        };
-        // Our own bookkeeping waits for locks as long as it must (pause/stop hold the run row
-        // only briefly).
-        self.stmts
-            .exec(SET_LOCK_TIMEOUT, &["0".into()])
-            .or_raise_spi();
+        });
 
         // The batch row, the cursor and the counters, with the event: one statement, in the
         // batch's transaction.
@@ -295,16 +298,27 @@ impl Runner {
             .as_ref()
             .map(|a| a.next_size(settings.batch_size as i64) as i32);
         let payload = self.batch_payload(BatchStatus::Completed, b.no, rows);
+        // A slice advances its own cursor; a whole run, the run's.
+        let sql = if self.slice.is_some() {
+            "WITH b AS (UPDATE drip.batches SET status = 'completed', rows = $3, \
+                          finished_at = clock_timestamp() WHERE run_id = $1 AND batch_no = $2), \
+                  s AS (UPDATE drip.slices SET cursor = $4 WHERE run_id = $1 AND slice = $8), \
+                  r AS (UPDATE drip.runs SET rows_done = rows_done + $3, rows_failed = rows_failed + $7, \
+                          batches_done = batches_done + 1, batch_size = coalesce($5, batch_size) \
+                        WHERE id = $1) \
+             SELECT drip.emit($6)"
+        } else {
+            "WITH b AS (UPDATE drip.batches SET status = 'completed', rows = $3, \
+                          finished_at = clock_timestamp() WHERE run_id = $1 AND batch_no = $2), \
+                  r AS (UPDATE drip.runs SET cursor = $4, \
+                          rows_done = rows_done + $3, rows_failed = rows_failed + $7, \
+                          batches_done = batches_done + 1, batch_size = coalesce($5, batch_size) \
+                        WHERE id = $1) \
+             SELECT drip.emit($6)"
+        };
         self.stmts
             .exec(
-                "WITH b AS (UPDATE drip.batches SET status = 'completed', rows = $3, \
-                              finished_at = clock_timestamp() WHERE run_id = $1 AND batch_no = $2), \
-                      s AS (UPDATE drip.slices SET cursor = $4 WHERE run_id = $1 AND slice = $8), \
-                      r AS (UPDATE drip.runs SET cursor = CASE WHEN $8::int IS NULL THEN $4 ELSE cursor END, \
-                              rows_done = rows_done + $3, rows_failed = rows_failed + $7, \
-                              batches_done = batches_done + 1, batch_size = coalesce($5, batch_size) \
-                            WHERE id = $1) \
-                 SELECT drip.emit($6)",
+                sql,
                 &[
                     self.run_id.into(),
                     b.no.into(),
@@ -318,6 +332,49 @@ impl Runner {
             )
             .or_raise_spi();
         failed
+    }
+
+    /// The work of a batch and, when no sleep is owed before the next one, the next step
+    /// decided and its batch marked in the same transaction, so one commit per batch makes
+    /// both durable. The marking runs in a subtransaction: if it raises (the boundary query
+    /// fails, say), only the marking is undone, the batch still commits, and the next step is
+    /// decided again in its own transaction (where the error is handled as usual).
+    pub(super) fn work_then_mark(&mut self, b: &Batch, settings: &Settings) -> (i64, Option<Step>) {
+        let failed = self.work(b, settings);
+        let run_fails = failed > 0 && !self.skip_row_errors;
+        if !settings.sleep.is_zero() || run_fails || self.foreground {
+            return (failed, None);
+        }
+        let before = self.marking_state();
+        self.cursor = Some(b.high.clone());
+        self.retry = None;
+        match subxact::try_in_subtransaction(|| self.mark_next_on_current()) {
+            Ok(step) => (failed, Some(step)),
+            Err(_) => {
+                self.restore_marking_state(before);
+                (failed, None)
+            }
+        }
+    }
+
+    /// What marking changes in the runner, to put back when the transaction that marked rolls
+    /// back.
+    pub(super) fn marking_state(&self) -> MarkingState {
+        MarkingState {
+            cursor: self.cursor.clone(),
+            retry: self.retry.clone(),
+            throttled: self.throttled,
+            hold_times: self.hold_times,
+            adaptive: self.adaptive.clone(),
+        }
+    }
+
+    pub(super) fn restore_marking_state(&mut self, s: MarkingState) {
+        self.cursor = s.cursor;
+        self.retry = s.retry;
+        self.throttled = s.throttled;
+        self.hold_times = s.hold_times;
+        self.adaptive = s.adaptive;
     }
 
     /// Element mode: the action once per row of the batch in scope, each in its own

@@ -1,10 +1,16 @@
 //! The runner: executes one run, batch after batch, then exits.
 //!
-//! Per batch, two transactions:
+//! A batch has two steps:
 //! - *mark*: check the run is still `running`, find the batch's upper key bound, insert the
 //!   batch row as `running` and send `batch_running`;
 //! - *work*: run the action over the key range, mark the batch `completed` and advance the run's
 //!   cursor and counters, all in one commit, and send `batch_completed`.
+//!
+//! The marker must be durable before the work starts (a crash mid-batch is then recorded as an
+//! interrupted attempt, and counted against `max_attempts`). When there is no sleep between
+//! batches, the next batch is marked in the same commit as the previous batch's work: one
+//! durable commit per batch. With a sleep, the next batch is marked after the sleep, in its own
+//! commit, so that a status change or a health signal during the sleep is seen first.
 //!
 //! An ERROR in the work rolls back only that batch; it is recorded as `failed` and retried with
 //! backoff up to `max_attempts`. A batch row left `running` by a dead worker is marked failed
@@ -150,15 +156,29 @@ impl Runner {
     /// returns the pause before the next step, or None when the runner is done.
     fn main(mut self) {
         let mut boundary_failures = 0;
+        // The next step when it was already decided (and its batch marked) in the commit of
+        // the last batch's work.
+        let mut decided: Option<Step> = None;
         loop {
-            let pause = match transaction::run(|| self.mark_next()) {
+            let step = match decided.take() {
+                Some(step) => Ok(step),
+                None => transaction::run(|| self.mark_next()),
+            };
+            let pause = match step {
                 Ok(Step::Exit) => None,
                 Ok(Step::Hold(wait)) => Some(wait),
                 Ok(Step::Batch(batch, settings)) => {
                     boundary_failures = 0;
-                    match transaction::run(|| self.work(&batch, &settings)) {
-                        Ok(failed_rows) => self.batch_done(&batch, failed_rows, &settings),
-                        Err(e) => self.batch_failed(&batch, &e),
+                    let before = self.marking_state();
+                    match transaction::run(|| self.work_then_mark(&batch, &settings)) {
+                        Ok((failed_rows, next)) => {
+                            decided = next;
+                            self.batch_done(&batch, failed_rows, &settings)
+                        }
+                        Err(e) => {
+                            self.restore_marking_state(before);
+                            self.batch_failed(&batch, &e)
+                        }
                     }
                 }
                 Err(e) => {

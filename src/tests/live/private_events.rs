@@ -167,7 +167,8 @@ fn a_superuser_can_turn_on_full_payloads() {
         .collect();
     assert!(mine
         .iter()
-        .all(|v| v["backfill"] == "pe_full_backfill" && v["id"].is_i64()));
+        .all(|v| v["backfill"] == "pe_full_backfill"
+            && (v["id"].is_i64() || v["event"] == "batch_running")));
     let failed = mine
         .iter()
         .find(|v| v["event"] == "batch_failed")
@@ -240,7 +241,8 @@ fn a_poller_with_the_commit_ordered_cursor_gets_every_event_exactly_once() {
         .iter()
         .map(|r| r.get(0))
         .collect();
-    assert!(logged.len() > 4000, "only {} events", logged.len());
+    // One logged event per batch (2,000 batches) plus the run's own.
+    assert!(logged.len() > 2000, "only {} events", logged.len());
     let mut unique = HashSet::new();
     let dups: Vec<i64> = seen
         .iter()
