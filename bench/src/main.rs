@@ -179,7 +179,7 @@ fn client_loop(b: &mut Bench, batch: i32) -> (i64, i64, Option<i64>) {
     (rows, batches, None)
 }
 
-/// Start a data_drip run and wait for it to complete, polling its status every 100 ms (a
+/// Start a data_drip run and wait for it to complete, polling its status every 20 ms (a
 /// LISTEN client would add a commit per notification to the counters); sample the runner's
 /// memory meanwhile.
 fn drip_run(b: &mut Bench, name: &str, start_sql: &str) -> (i64, i64, Option<i64>) {
@@ -201,7 +201,7 @@ fn drip_run(b: &mut Bench, name: &str, start_sql: &str) -> (i64, i64, Option<i64
         match status.as_str() {
             "completed" => break,
             "failed" | "stopped" => panic!("{name} ended {status}"),
-            _ => std::thread::sleep(Duration::from_millis(100)),
+            _ => std::thread::sleep(Duration::from_millis(20)),
         }
     }
     let r =
@@ -471,37 +471,67 @@ fn print_throughput(scale: i64, results: &BTreeMap<&'static str, Vec<Measure>>) 
 }
 
 /// Fixed cost per batch: data_drip and the PL/pgSQL loop over every key with an empty scope.
-fn overhead(b: &mut Bench) {
+/// The fixed cost of a batch: data_drip over an empty scope (every batch finds its range, does
+/// its bookkeeping and commits, but updates nothing) against the PL/pgSQL loop doing the same
+/// empty batches, alternated. data_drip's time is the steady state, from the first batch's start
+/// to the last one's end in drip.batches (no worker start-up, no polling granularity).
+fn overhead(b: &mut Bench, rounds: usize) -> (f64, f64) {
     register(
         b,
         "bempty",
         ", batch_size => 1000, sleep => '0', scope => 'false'",
     );
-    let d = b.measure("data_drip, empty scope", 0, |b| {
-        drip_run(b, "bempty", "SELECT drip.start('bempty')")
-    });
-    let p = b.measure("PL/pgSQL loop, empty update", 0, |b| {
-        b.c.batch_execute("CALL bench_empty_loop(1000)").unwrap();
-        let n = b.accounts();
-        (0, (n + 999) / 1000, None)
-    });
-    let per_d = d.secs * 1e6 / d.batches.max(1) as f64;
-    let per_p = p.secs * 1e6 / p.batches.max(1) as f64;
+    let (mut d_us, mut p_us) = (Vec::new(), Vec::new());
+    for round in 0..rounds.max(1) {
+        let order = if round % 2 == 0 { [0, 1] } else { [1, 0] };
+        for who in order {
+            b.c.batch_execute("CHECKPOINT").unwrap();
+            if who == 0 {
+                let run: i64 = b.q_i64("SELECT drip.start('bempty')");
+                b.c.batch_execute(&format!("SELECT drip.wait({run})")).unwrap();
+                let r = b
+                    .c
+                    .query_one(
+                        "SELECT count(*), extract(epoch FROM max(finished_at) - min(started_at))::float8 * 1e6 \
+                         FROM drip.batches WHERE run_id = $1",
+                        &[&run],
+                    )
+                    .unwrap();
+                let n: i64 = r.get(0);
+                d_us.push(r.get::<_, f64>(1) / n.max(1) as f64);
+            } else {
+                let t0 = Instant::now();
+                b.c.batch_execute("CALL bench_empty_loop(1000)").unwrap();
+                let n = (b.accounts() + 999) / 1000;
+                p_us.push(t0.elapsed().as_secs_f64() * 1e6 / n.max(1) as f64);
+            }
+        }
+    }
+    let avg = |v: &[f64]| v.iter().sum::<f64>() / v.len().max(1) as f64;
+    let show = |v: &[f64]| {
+        v.iter()
+            .map(|x| format!("{x:.0}"))
+            .collect::<Vec<_>>()
+            .join(" / ")
+    };
+    let (per_d, per_p) = (avg(&d_us), avg(&p_us));
     println!("\n### Fixed cost per batch (empty scope, batch 1000)\n");
-    println!("| | batches | µs per batch |");
-    println!("|---|---:|---:|");
+    println!("| | µs per batch (rounds) |");
+    println!("|---|---:|");
     println!(
-        "| data_drip (boundary query, batch row, cursor, 2 events, 2 commits) | {} | {:.0} |",
-        d.batches, per_d
+        "| data_drip (boundary query, batch rows, cursor, events, one durable commit) | {per_d:.0} ({}) |",
+        show(&d_us)
     );
     println!(
-        "| PL/pgSQL loop (boundary query, 1 commit) | {} | {:.0} |",
-        p.batches, per_p
+        "| PL/pgSQL loop (boundary query, a commit that writes nothing) | {per_p:.0} ({}) |",
+        show(&p_us)
     );
     println!(
-        "| data_drip bookkeeping over the hand-written loop | | {:.0} |",
-        per_d - per_p
+        "| data_drip over the hand-written loop | {:.0} ({:.2}×) |",
+        per_d - per_p,
+        per_d / per_p
     );
+    (per_d, per_p)
 }
 
 /// Where a batch's microseconds go: pg_stat_statements (track = all) over an empty-scope run of
@@ -676,7 +706,7 @@ fn boundary_plan(b: &mut Bench) {
 }
 
 /// pgbench TPC-B traffic for a fixed time: TPS, p99 latency, failures.
-fn pgbench(b: &Bench, secs: u64, dir: &Path) -> (f64, f64, i64) {
+fn pgbench(b: &Bench, secs: u64, dir: &Path, script: &[&str]) -> (f64, f64, i64) {
     let logdir = dir.join("pgbench_logs");
     let _ = std::fs::remove_dir_all(&logdir);
     std::fs::create_dir_all(&logdir).unwrap();
@@ -693,8 +723,9 @@ fn pgbench(b: &Bench, secs: u64, dir: &Path) -> (f64, f64, i64) {
             "-l",
             "-T",
             &secs.to_string(),
-            "-h",
         ])
+        .args(script)
+        .arg("-h")
         .arg(b.cluster.sock())
         .args([
             "-p",
@@ -749,7 +780,13 @@ fn pgbench(b: &Bench, secs: u64, dir: &Path) -> (f64, f64, i64) {
 
 /// Keep a backfill running for the whole pgbench window: start it, and start it again each
 /// time it completes. Returns the rows it processed meanwhile.
-fn with_backfill(b: &mut Bench, name: &str, secs: u64, dir: &Path) -> ((f64, f64, i64), i64) {
+fn with_backfill(
+    b: &mut Bench,
+    name: &str,
+    secs: u64,
+    dir: &Path,
+    script: &[&str],
+) -> ((f64, f64, i64), i64) {
     let cluster_sock = b.cluster.sock();
     let port = b.cluster.port;
     let user = b.cluster.user();
@@ -799,42 +836,66 @@ fn with_backfill(b: &mut Bench, name: &str, secs: u64, dir: &Path) -> ((f64, f64
         }
         rows
     });
-    let result = pgbench(b, secs, dir);
+    let result = pgbench(b, secs, dir, script);
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let rows = keeper.join().unwrap();
     (result, rows)
 }
 
-fn impact(b: &mut Bench, dir: &Path) {
+/// Live traffic next to a default backfill: pgbench TPC-B and `-N` (accounts updates only, the
+/// table the backfill walks), each as baseline and loaded phases alternated over the rounds,
+/// with a CHECKPOINT before every phase. Returns the loaded/baseline TPS ratios (TPC-B, -N).
+fn impact(b: &mut Bench, dir: &Path, rounds: usize) -> (f64, f64) {
     let secs: u64 = env_or("BENCH_TPS_SECONDS", "30").parse().unwrap_or(30);
     b.reset_table();
-    let base = pgbench(b, secs, dir);
     register(b, "bdefault", "");
-    let (with_default, d_rows) = with_backfill(b, "bdefault", secs, dir);
-    register(b, "btarget", ", target_batch_time => '100ms'");
-    let (with_target, t_rows) = with_backfill(b, "btarget", secs, dir);
-    println!("\n### Live traffic: pgbench TPC-B, 4 clients, {secs} s each\n");
-    println!("| phase | TPS | vs baseline | p99 latency (ms) | failed transactions | backfill rows done meanwhile |");
-    println!("|---|---:|---:|---:|---:|---:|");
-    for (name, (tps, p99, failed), rows) in [
-        ("baseline, no backfill", base, None),
-        (
-            "data_drip, default settings (batch 1000, sleep 100 ms)",
-            with_default,
-            Some(d_rows),
-        ),
-        (
-            "data_drip, target_batch_time 100 ms",
-            with_target,
-            Some(t_rows),
-        ),
-    ] {
+    let mut ratios = Vec::new();
+    println!("\n### Live traffic: pgbench, 4 clients, {secs} s per phase\n");
+    println!("| workload | phase | TPS (rounds) | vs baseline | p99 latency (ms) | failed transactions | backfill rows done meanwhile |");
+    println!("|---|---|---:|---:|---:|---:|---:|");
+    for (workload, script) in [("TPC-B", &[][..]), ("-N (accounts only)", &["-N"][..])] {
+        let (mut base, mut loaded) = (Vec::new(), Vec::new());
+        let mut rows = 0;
+        for round in 0..rounds.max(1) {
+            let order = if round % 2 == 0 { [0, 1] } else { [1, 0] };
+            for phase in order {
+                b.c.batch_execute("CHECKPOINT").unwrap();
+                if phase == 0 {
+                    base.push(pgbench(b, secs, dir, script));
+                } else {
+                    let (r, n) = with_backfill(b, "bdefault", secs, dir, script);
+                    loaded.push(r);
+                    rows += n;
+                }
+            }
+        }
+        let tps = |v: &[(f64, f64, i64)]| v.iter().map(|x| x.0).sum::<f64>() / v.len() as f64;
+        let p99 = |v: &[(f64, f64, i64)]| v.iter().map(|x| x.1).fold(0.0, f64::max);
+        let failed = |v: &[(f64, f64, i64)]| v.iter().map(|x| x.2).sum::<i64>();
+        let each = |v: &[(f64, f64, i64)]| {
+            v.iter()
+                .map(|x| format!("{:.0}", x.0))
+                .collect::<Vec<_>>()
+                .join(" / ")
+        };
+        let ratio = tps(&loaded) / tps(&base);
         println!(
-            "| {name} | {tps:.0} | {:.2}× | {p99:.1} | {failed} | {} |",
-            tps / base.0,
-            rows.map(|r| r.to_string()).unwrap_or_else(|| "–".into())
+            "| {workload} | baseline, no backfill | {:.0} ({}) | 1.00× | {:.1} | {} | – |",
+            tps(&base),
+            each(&base),
+            p99(&base),
+            failed(&base)
         );
+        println!(
+            "| {workload} | data_drip, default settings (batch 1000, sleep 100 ms) | {:.0} ({}) | {ratio:.2}× | {:.1} | {} | {rows} |",
+            tps(&loaded),
+            each(&loaded),
+            p99(&loaded),
+            failed(&loaded)
+        );
+        ratios.push(ratio);
     }
+    (ratios[0], ratios[1])
 }
 
 /// Rows per second of the batches in the first and last tenth of a backfill's latest run, from
@@ -862,7 +923,7 @@ fn decile_rates(b: &mut Bench, backfill: &str) -> (f64, f64) {
 
 /// Speed-up from splitting a run into slices: data_drip batch 1000, sleep 0, parallel 1 and 2,
 /// alternating.
-fn parallel_speedup(b: &mut Bench, rounds: usize) {
+fn parallel_speedup(b: &mut Bench, rounds: usize) -> f64 {
     register(b, "bpar", ", batch_size => 1000, sleep => '0'");
     let mut results: BTreeMap<i32, Vec<Measure>> = BTreeMap::new();
     for round in 0..rounds.max(1) {
@@ -891,6 +952,7 @@ fn parallel_speedup(b: &mut Bench, rounds: usize) {
             m.rows_per_sec() / one
         );
     }
+    mean(&results[&2]).rows_per_sec() / one
 }
 
 fn main() {
@@ -935,51 +997,164 @@ fn main() {
     println!("Machine: {}.", machine());
     // (scale, data_drip rows/s, PL/pgSQL rows/s, first-tenth batch rate, last-tenth batch rate)
     let mut per_row: Vec<(i64, f64, f64, f64, f64)> = Vec::new();
+    let mut figures = Figures::default();
     for (i, scale) in scales.iter().enumerate() {
         let mut b = setup(*scale, &dir);
         if i == 0 {
             println!("\nPostgreSQL settings: {}.", settings(&mut b));
             let results = throughput(&mut b, rounds);
             print_throughput(*scale, &results);
+            let rate = |name: &str| mean(&results[name]).rows_per_sec();
+            let loop_rate = rate("2. PL/pgSQL loop, batch 1000, COMMIT per batch");
+            figures.vs_loop_1000 = rate("4a. data_drip batch 1000, sleep 0") / loop_rate;
+            figures.vs_client_1000 = rate("4a. data_drip batch 1000, sleep 0")
+                / rate("3. client keyset loop, batch 1000, txn per batch");
+            figures.vs_loop_10000 = rate("4b. data_drip batch 10000, sleep 0") / loop_rate;
+            figures.vs_loop_adaptive =
+                rate("5. data_drip adaptive (target 100 ms, 1000..100000)") / loop_rate;
             let (first, last) = decile_rates(&mut b, "b1000");
             per_row.push((
                 *scale,
-                mean(&results["4a. data_drip batch 1000, sleep 0"]).rows_per_sec(),
-                mean(&results["2. PL/pgSQL loop, batch 1000, COMMIT per batch"]).rows_per_sec(),
+                rate("4a. data_drip batch 1000, sleep 0"),
+                loop_rate,
                 first,
                 last,
             ));
             boundary_plan(&mut b);
-            overhead(&mut b);
+            figures.fixed = Some(overhead(&mut b, rounds));
             memory(&mut b);
-            parallel_speedup(&mut b, rounds);
-            impact(&mut b, &dir);
+            figures.parallel = Some(parallel_speedup(&mut b, rounds));
+            figures.tps = Some(impact(&mut b, &dir, rounds));
         } else {
             register(&mut b, "b1000", ", batch_size => 1000, sleep => '0'");
-            let m = b.measure("4a. data_drip batch 1000, sleep 0", 1, |b| {
-                drip_run(b, "b1000", "SELECT drip.start('b1000')")
-            });
-            let p = b.measure("2. PL/pgSQL loop, batch 1000, COMMIT per batch", 1, |b| {
-                plpgsql_loop(b, 1000)
-            });
+            let (mut d, mut p) = (Vec::new(), Vec::new());
+            for round in 0..rounds {
+                let order = if round % 2 == 0 { [0, 1] } else { [1, 0] };
+                for who in order {
+                    if who == 0 {
+                        d.push(b.measure("4a. data_drip batch 1000, sleep 0", 1, |b| {
+                            drip_run(b, "b1000", "SELECT drip.start('b1000')")
+                        }));
+                    } else {
+                        p.push(b.measure(
+                            "2. PL/pgSQL loop, batch 1000, COMMIT per batch",
+                            1,
+                            |b| plpgsql_loop(b, 1000),
+                        ));
+                    }
+                }
+            }
             let (first, last) = decile_rates(&mut b, "b1000");
-            per_row.push((*scale, m.rows_per_sec(), p.rows_per_sec(), first, last));
+            per_row.push((
+                *scale,
+                mean(&d).rows_per_sec(),
+                mean(&p).rows_per_sec(),
+                first,
+                last,
+            ));
         }
         drop(b);
     }
     if per_row.len() > 1 {
         println!("\n### Scaling: batch 1000, sleep 0\n");
         println!(
-            "| scale | data_drip rows/s | vs -s {} | PL/pgSQL loop rows/s | data_drip vs loop | batch rate, first tenth of the run (rows/s) | batch rate, last tenth |",
-            per_row[0].0
+            "| scale | data_drip rows/s | vs -s {s0} | PL/pgSQL loop rows/s | vs -s {s0} | data_drip vs loop | batch rate, first tenth of the run (rows/s) | batch rate, last tenth |",
+            s0 = per_row[0].0
         );
-        println!("|---:|---:|---:|---:|---:|---:|---:|");
+        println!("|---:|---:|---:|---:|---:|---:|---:|---:|");
         for (s, r, p, first, last) in &per_row {
             println!(
-                "| {s} | {r:.0} | {:.2}× | {p:.0} | {:.2}× | {first:.0} | {last:.0} |",
+                "| {s} | {r:.0} | {:.2}× | {p:.0} | {:.2}× | {:.2}× | {first:.0} | {last:.0} |",
                 r / per_row[0].1,
+                p / per_row[0].2,
                 r / p
             );
+        }
+        let last = per_row[per_row.len() - 1];
+        figures.scaling = Some((last.1 / per_row[0].1, last.2 / per_row[0].2));
+    }
+    figures.print();
+}
+
+/// The figures the targets table is made of (issue 13), gathered through the run.
+#[derive(Default)]
+struct Figures {
+    vs_loop_1000: f64,
+    vs_client_1000: f64,
+    vs_loop_10000: f64,
+    vs_loop_adaptive: f64,
+    /// (data_drip, PL/pgSQL loop) µs per empty batch.
+    fixed: Option<(f64, f64)>,
+    /// (data_drip, PL/pgSQL loop) rate at the largest scale over the first.
+    scaling: Option<(f64, f64)>,
+    /// (TPC-B, -N) TPS with a default backfill over the baseline.
+    tps: Option<(f64, f64)>,
+    parallel: Option<f64>,
+}
+
+impl Figures {
+    fn print(&self) {
+        let yes = |ok: bool| if ok { "met" } else { "**not met**" };
+        println!("\n### Targets\n");
+        println!("| figure | measured | target | |");
+        println!("|---|---:|---|---|");
+        if let Some((d, p)) = self.fixed {
+            println!(
+                "| fixed cost per batch (empty scope, batch 1,000) | {d:.0} µs = {:.2}× the PL/pgSQL loop's {p:.0} µs | ≤ 2× the loop's | {} |",
+                d / p,
+                yes(d <= 2.0 * p)
+            );
+        }
+        let row = |name: &str, v: f64, target: &str, ok: bool| {
+            println!("| {name} | {v:.2}× | {target} | {} |", yes(ok));
+        };
+        row(
+            "throughput at batch 1,000, sleep 0, vs the PL/pgSQL loop",
+            self.vs_loop_1000,
+            "≥ 0.95×",
+            self.vs_loop_1000 >= 0.95,
+        );
+        row(
+            "the same vs the client keyset loop",
+            self.vs_client_1000,
+            "≥ 1.05×",
+            self.vs_client_1000 >= 1.05,
+        );
+        row(
+            "batch 10,000 vs the PL/pgSQL loop",
+            self.vs_loop_10000,
+            "≥ 1.0×",
+            self.vs_loop_10000 >= 1.0,
+        );
+        row(
+            "adaptive vs the PL/pgSQL loop",
+            self.vs_loop_adaptive,
+            "≥ 1.1×",
+            self.vs_loop_adaptive >= 1.1,
+        );
+        if let Some((d, p)) = self.scaling {
+            println!(
+                "| largest scale vs -s 10: data_drip {d:.2}×, PL/pgSQL loop {p:.2}× | {:.2} of the loop's ratio | within 10% of the loop's own ratio | {} |",
+                d / p,
+                yes(d / p >= 0.9)
+            );
+        }
+        if let Some((tpcb, n)) = self.tps {
+            row(
+                "pgbench TPS during a default backfill, TPC-B",
+                tpcb,
+                "≥ 0.9×",
+                tpcb >= 0.9,
+            );
+            row(
+                "pgbench TPS during a default backfill, -N",
+                n,
+                "≥ 0.9×",
+                n >= 0.9,
+            );
+        }
+        if let Some(p) = self.parallel {
+            row("parallel => 2 on 2 cores", p, "≥ 1.7×", p >= 1.7);
         }
     }
 }
