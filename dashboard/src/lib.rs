@@ -30,6 +30,7 @@ pub struct AppState {
     pub shared_pool: Option<Arc<Pool>>,
     pub sessions: auth::Sessions,
     pub hub: Arc<live::Hub>,
+    pub run_stats: db::cache::RunStatsCache,
 }
 
 impl AppState {
@@ -54,6 +55,7 @@ impl AppState {
             shared_pool,
             sessions: auth::Sessions::default(),
             hub,
+            run_stats: db::cache::RunStatsCache::default(),
         }))
     }
 }

@@ -396,25 +396,33 @@ pub struct TimelineMark {
 
 /// At most `marks` marks over all of the run's batches, in key order: batch number order, and
 /// for a parallel run slice by slice (slices are contiguous key ranges in slice order).
-pub async fn timeline(db: &Client, run_id: i64, marks: i64) -> AppResult<Vec<TimelineMark>> {
-    let rows = db
-        .query(
-            "WITH b AS (
-                 SELECT batch_no, status, error, duration, rows,
-                        row_number() OVER (ORDER BY coalesce(slice, 0), batch_no) - 1 AS pos,
-                        count(*) OVER () AS total
-                   FROM drip.batches WHERE run_id = $1)
-             SELECT min(batch_no), max(batch_no), count(*),
-                    bool_or(status = 'failed'), bool_or(status = 'running'),
-                    bool_or(status = 'completed' AND error IS NOT NULL),
-                    avg(extract(epoch FROM duration))::float8, max(extract(epoch FROM duration))::float8,
-                    sum(rows)::bigint
-               FROM b
-              GROUP BY pos * $2 / greatest(total, 1)
-              ORDER BY pos * $2 / greatest(total, 1)",
-            &[&run_id, &marks],
-        )
-        .await?;
+/// `batches` is the run's batch count (`next_batch_no - 1`).
+pub async fn timeline(
+    db: &Client,
+    run_id: i64,
+    batches: i64,
+    parallel: bool,
+    marks: i64,
+) -> AppResult<Vec<TimelineMark>> {
+    // Batch numbers are in key order unless slices interleave them; then rank them first.
+    let position = if parallel {
+        "row_number() OVER (ORDER BY coalesce(slice, 0), batch_no) - 1"
+    } else {
+        "batch_no - 1"
+    };
+    let sql = format!(
+        "WITH b AS (SELECT batch_no, status, error, duration, rows, {position} AS pos
+                      FROM drip.batches WHERE run_id = $1)
+         SELECT min(batch_no), max(batch_no), count(*),
+                bool_or(status = 'failed'), bool_or(status = 'running'),
+                bool_or(status = 'completed' AND error IS NOT NULL),
+                avg(extract(epoch FROM duration))::float8, max(extract(epoch FROM duration))::float8,
+                sum(rows)::bigint
+           FROM b
+          GROUP BY pos * $2 / $3
+          ORDER BY pos * $2 / $3"
+    );
+    let rows = db.query(&sql, &[&run_id, &marks, &batches.max(1)]).await?;
     rows.iter()
         .map(|r| {
             Ok(TimelineMark {

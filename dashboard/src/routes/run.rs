@@ -10,6 +10,7 @@ use axum::Form;
 use serde::Deserialize;
 
 use crate::auth::Viewer;
+use crate::db::cache::{Fingerprint, RunStats, BIG_RUN};
 use crate::db::queries::{self, Control};
 use crate::error::{AppError, AppResult};
 use crate::routes::{chrome, current_url, fragment_url, html, safe_return};
@@ -82,13 +83,13 @@ pub async fn show(
     };
     let filter_href = query_href(&base, &[("errors", if errors_only { "" } else { "1" })]);
 
-    let marks = queries::timeline(&db, id, TIMELINE_MARKS).await?;
     let batch_count = detail.next_batch_no - 1;
+    let stats = run_stats(&state, &db, id, &run.status, run.batches_done, &detail).await?;
     let timeline_note = if batch_count > TIMELINE_MARKS {
         format!(
             "{} batches in key order, one mark per ~{} batches",
             fmt::count(batch_count),
-            (batch_count + TIMELINE_MARKS - 1) / TIMELINE_MARKS
+            fmt::count((batch_count + TIMELINE_MARKS - 1) / TIMELINE_MARKS)
         )
     } else {
         format!(
@@ -100,10 +101,10 @@ pub async fn show(
     let live = RunLive {
         run: RunView::new(&run, &rights, now),
         sparkline: svg::sparkline(&queries::throughput(&db, id, 60).await?),
-        timeline: svg::timeline(&marks),
+        timeline: svg::timeline(&stats.marks),
         timeline_note,
         run_error: detail.error.clone().unwrap_or_default(),
-        errors: queries::error_groups(&db, id).await?,
+        errors: stats.errors,
         batches,
         errors_only,
         older_href,
@@ -161,6 +162,38 @@ pub async fn show(
         }
         .render()?,
     ))
+}
+
+/// The timeline and the errors by SQLSTATE: read fresh for ordinary runs, kept a while for big
+/// ones (see `db::cache`).
+async fn run_stats(
+    state: &AppState,
+    db: &tokio_postgres::Client,
+    id: i64,
+    status: &str,
+    batches_done: i64,
+    detail: &queries::RunDetail,
+) -> AppResult<RunStats> {
+    let batches = detail.next_batch_no - 1;
+    let fp = Fingerprint {
+        status: status.to_string(),
+        batches_done,
+        next_batch_no: detail.next_batch_no,
+    };
+    let big = batches > BIG_RUN;
+    if big {
+        if let Some(s) = state.run_stats.get(id, &fp) {
+            return Ok(s);
+        }
+    }
+    let stats = RunStats {
+        marks: queries::timeline(db, id, batches, detail.parallel > 1, TIMELINE_MARKS).await?,
+        errors: queries::error_groups(db, id).await?,
+    };
+    if big {
+        state.run_stats.put(id, fp, stats.clone());
+    }
+    Ok(stats)
 }
 
 #[derive(Deserialize)]
