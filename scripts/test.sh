@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # scripts/test.sh: the single command that runs the whole data_drip test suite.
 #
-#   scripts/test.sh              # all suites: lint, pgrx, regress, faults, upgrade, package,
+#   scripts/test.sh              # all suites: lint, pgrx, regress, dashboard, faults, upgrade, package,
 #                                # pg16, pg17, pg18
 #   scripts/test.sh regress      # only the named suites
 #
@@ -10,6 +10,10 @@
 #   pgrx     cargo pgrx test pg15 (the #[pg_test] / #[test] tests in src/)
 #   regress  install the extension into the system PostgreSQL 15, start a
 #            throwaway cluster (target/regress), run pg_regress on pg_test/
+#   dashboard
+#            the web dashboard (dashboard/): handler, scale and browser tests
+#            (Debian's chromium + chromedriver, installed as root when missing)
+#            against the installed extension on a throwaway cluster
 #   faults   fault injection (SIGKILL, crash restarts, immediate stops,
 #            pg_terminate_backend, failing batches) on a cluster the test owns
 #   upgrade  the released 0.1.0 upgraded in place with runs in every state;
@@ -159,6 +163,47 @@ SQL
     cluster_stop regress
 }
 
+# Debian's chromium and chromedriver for the dashboard's browser tests. As root (CI) they are
+# installed when missing, like the extension's own dependencies; nothing downloads a browser or
+# a driver at test time.
+ensure_browser() {
+    local -a missing=()
+    [[ -x /usr/bin/chromium ]] || missing+=(chromium)
+    [[ -x /usr/bin/chromedriver ]] || missing+=(chromium-driver)
+    ((${#missing[@]} == 0)) && return 0
+    if ! is_root; then
+        drip_log "the dashboard's browser tests need Debian's ${missing[*]}. Run:"
+        printf '    sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y %s\n' "${missing[*]}" >&2
+        return 1
+    fi
+    drip_log "installing ${missing[*]}"
+    DEBIAN_FRONTEND=noninteractive apt-get update </dev/null
+    if ! DEBIAN_FRONTEND=noninteractive apt-get install -y "${missing[@]}" </dev/null; then
+        # An interrupted earlier install leaves dpkg half done ("cannot access archive").
+        DEBIAN_FRONTEND=noninteractive apt-get install -f -y </dev/null
+        DEBIAN_FRONTEND=noninteractive apt-get install -y "${missing[@]}" </dev/null
+    fi
+}
+
+suite_dashboard() {
+    ensure_browser
+    # The extension as installed (the regress suite before this one installs the tree's);
+    # installed here when this suite runs alone on a machine without it.
+    if [[ ! -f "$("$PG_CONFIG" --sharedir)/extension/data_drip.control" ]]; then
+        DRIP_INSTALL_PROFILE="${DRIP_INSTALL_PROFILE:-dev}" install_extension
+    fi
+    cluster_start dashboard-test ""
+    # Multi-user mode logs roles in with passwords: scram over TCP; the socket stays trust for
+    # the tests' superuser setup.
+    as_owner sed -i -E 's/^(host[[:space:]]+all[[:space:]]+all[[:space:]]+127\.0\.0\.1\/32[[:space:]]+)trust/\1scram-sha-256/' \
+        "$DRIP_PGDATA/pg_hba.conf"
+    psql_as -q -c "LOAD 'data_drip'" -c "ALTER SYSTEM SET drip.max_runs = 8" -c "SELECT pg_reload_conf()" >/dev/null
+    # Sequential: the browser tests each drive a chromium, and CI has 2 cores.
+    DRIP_DASH_PGHOST="$DRIP_PGHOST" DRIP_DASH_PGPORT="$DRIP_PGPORT" DRIP_DASH_PGUSER="$DRIP_PGUSER" \
+        cargo test -p drip-dashboard -- --test-threads=1 </dev/null
+    cluster_stop dashboard-test
+}
+
 suite_faults() {
     # The fault-injection suite owns its cluster (target/faults); it needs the extension
     # installed in the system PostgreSQL and cargo's test runner for tests/faults.rs.
@@ -241,6 +286,7 @@ declare -A SUITE_DESC=(
     [lint]="cargo fmt --check + cargo clippy -D warnings"
     [pgrx]="cargo pgrx test pg15"
     [regress]="pg_regress pg_test/"
+    [dashboard]="the web dashboard: handler, scale and chromium browser tests (dashboard/tests)"
     [faults]="fault injection and a real standby on owned clusters (tests/faults.rs, tests/replica.rs)"
     [upgrade]="0.1.0 -> current with runs in every state; upgraded catalog == fresh install (tests/upgrade.rs)"
     [package]="the postgresql-15-data-drip .deb: dpkg -i, CREATE EXTENSION, a backfill, dpkg -r (scripts/package.sh)"
@@ -248,7 +294,7 @@ declare -A SUITE_DESC=(
     [pg17]="cargo pgrx test + pg_regress on PostgreSQL 17 (scripts/postgres.sh 17)"
     [pg18]="cargo pgrx test + pg_regress on PostgreSQL 18 (scripts/postgres.sh 18)"
 )
-ALL_SUITES=(lint pgrx regress faults upgrade package pg16 pg17 pg18)
+ALL_SUITES=(lint pgrx regress dashboard faults upgrade package pg16 pg17 pg18)
 
 if (($# > 0)); then
     SUITES=("$@")

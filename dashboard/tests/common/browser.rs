@@ -134,13 +134,11 @@ impl Browser {
     }
 
     pub async fn attr(&self, css: &str, attr: &str) -> Option<String> {
-        let el = self.c.find(Locator::Css(css)).await.ok()?;
-        el.attr(attr).await.ok().flatten()
+        attr_of(&self.c, css, attr).await
     }
 
     pub async fn text(&self, css: &str) -> Option<String> {
-        let el = self.c.find(Locator::Css(css)).await.ok()?;
-        el.text().await.ok()
+        text_of(&self.c, css).await
     }
 
     pub async fn js(&self, script: &str) -> serde_json::Value {
@@ -148,13 +146,41 @@ impl Browser {
     }
 }
 
-/// `attr` of the first element matching `css`, in a `wait_for` closure.
+// Reads go through one script call each: the live region is replaced as events arrive, so a
+// WebDriver element reference can go stale between "find" and "read".
+
+/// `attr` of the first element matching `css` (None if there is none).
 pub async fn attr_of(c: &Client, css: &str, attr: &str) -> Option<String> {
-    let el = c.find(Locator::Css(css)).await.ok()?;
-    el.attr(attr).await.ok().flatten()
+    let v = c
+        .execute(
+            "const e = document.querySelector(arguments[0]); return e ? e.getAttribute(arguments[1]) : null;",
+            vec![css.into(), attr.into()],
+        )
+        .await
+        .ok()?;
+    v.as_str().map(str::to_string)
 }
 
+/// The rendered text of the first element matching `css`.
 pub async fn text_of(c: &Client, css: &str) -> Option<String> {
-    let el = c.find(Locator::Css(css)).await.ok()?;
-    el.text().await.ok()
+    let v = c
+        .execute(
+            "const e = document.querySelector(arguments[0]); return e ? e.innerText.trim() : null;",
+            vec![css.into()],
+        )
+        .await
+        .ok()?;
+    v.as_str().map(str::to_string)
+}
+
+/// Whether the first element matching `css` exists and is not disabled.
+pub async fn enabled(c: &Client, css: &str) -> Option<bool> {
+    let v = c
+        .execute(
+            "const e = document.querySelector(arguments[0]); return e ? !e.disabled : null;",
+            vec![css.into()],
+        )
+        .await
+        .ok()?;
+    v.as_bool()
 }
