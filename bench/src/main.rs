@@ -474,7 +474,7 @@ fn print_throughput(scale: i64, results: &BTreeMap<&'static str, Vec<Measure>>) 
 /// The fixed cost of a batch: data_drip over an empty scope (every batch finds its range, does
 /// its bookkeeping and commits, but updates nothing) against the PL/pgSQL loop doing the same
 /// empty batches, alternated. data_drip's time is the steady state, from the first batch's start
-/// to the last one's end in drip.batches (no worker start-up, no polling granularity).
+/// to the last one's end in drip.batches.
 fn overhead(b: &mut Bench, rounds: usize) -> (f64, f64) {
     register(
         b,
@@ -487,23 +487,11 @@ fn overhead(b: &mut Bench, rounds: usize) -> (f64, f64) {
         for who in order {
             b.c.batch_execute("CHECKPOINT").unwrap();
             if who == 0 {
-                let run: i64 = b.q_i64("SELECT drip.start('bempty')");
-                b.c.batch_execute(&format!("SELECT drip.wait({run})")).unwrap();
-                let r = b
-                    .c
-                    .query_one(
-                        "SELECT count(*), extract(epoch FROM max(finished_at) - min(started_at))::float8 * 1e6 \
-                         FROM drip.batches WHERE run_id = $1",
-                        &[&run],
-                    )
-                    .unwrap();
-                let n: i64 = r.get(0);
-                d_us.push(r.get::<_, f64>(1) / n.max(1) as f64);
+                let (n, us) = empty_drip_run(b);
+                d_us.push(us / n.max(1) as f64);
             } else {
-                let t0 = Instant::now();
-                b.c.batch_execute("CALL bench_empty_loop(1000)").unwrap();
-                let n = (b.accounts() + 999) / 1000;
-                p_us.push(t0.elapsed().as_secs_f64() * 1e6 / n.max(1) as f64);
+                let (n, us) = empty_loop_run(b);
+                p_us.push(us / n.max(1) as f64);
             }
         }
     }
@@ -534,6 +522,75 @@ fn overhead(b: &mut Bench, rounds: usize) -> (f64, f64) {
     (per_d, per_p)
 }
 
+/// One data_drip run of the registered empty-scope backfill `bempty`: (batches, µs) in steady
+/// state, from the first batch's start to the last one's end in drip.batches (no worker
+/// start-up, no polling granularity).
+fn empty_drip_run(b: &mut Bench) -> (i64, f64) {
+    let run: i64 = b.q_i64("SELECT drip.start('bempty')");
+    b.c.batch_execute(&format!("SELECT drip.wait({run})")).unwrap();
+    let r = b
+        .c
+        .query_one(
+            "SELECT count(*), extract(epoch FROM max(finished_at) - min(started_at))::float8 * 1e6 \
+             FROM drip.batches WHERE run_id = $1",
+            &[&run],
+        )
+        .unwrap();
+    (r.get(0), r.get(1))
+}
+
+/// The PL/pgSQL loop over the same empty batches: (batches, µs).
+fn empty_loop_run(b: &mut Bench) -> (i64, f64) {
+    let t0 = Instant::now();
+    b.c.batch_execute("CALL bench_empty_loop(1000)").unwrap();
+    let us = t0.elapsed().as_secs_f64() * 1e6;
+    ((b.accounts() + 999) / 1000, us)
+}
+
+/// CPU time a process has used, in ns (/proc/PID/schedstat): unlike wall time, barely moved by
+/// other work on the machine.
+fn cpu_ns(pid: i32) -> Option<u64> {
+    std::fs::read_to_string(format!("/proc/{pid}/schedstat"))
+        .ok()?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
+/// CPU µs per empty batch: of the runner backend (sampled between batch 100 and batch 800 of a
+/// run, while it is alive) and of the backend running the PL/pgSQL loop.
+fn cpu_per_batch(b: &mut Bench) -> (f64, f64) {
+    let mut watch = b.cluster.connect(DB);
+    let run: i64 = b.q_i64("SELECT drip.start('bempty')");
+    let sample = |watch: &mut Client, at_least: i64| -> (i64, u64) {
+        loop {
+            let r = watch
+                .query_one(
+                    "SELECT batches_done, worker_pid FROM drip.runs WHERE id = $1",
+                    &[&run],
+                )
+                .unwrap();
+            let (n, pid): (i64, Option<i32>) = (r.get(0), r.get(1));
+            if n >= at_least {
+                if let Some(cpu) = pid.and_then(cpu_ns) {
+                    return (n, cpu);
+                }
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    };
+    let (n1, c1) = sample(&mut watch, 100);
+    let (n2, c2) = sample(&mut watch, 800);
+    b.c.batch_execute(&format!("SELECT drip.wait({run})")).unwrap();
+    let drip = (c2 - c1) as f64 / 1000.0 / (n2 - n1).max(1) as f64;
+    let pid: i32 = b.c.query_one("SELECT pg_backend_pid()", &[]).unwrap().get(0);
+    let before = cpu_ns(pid).unwrap_or(0);
+    let (n, _) = empty_loop_run(b);
+    let after = cpu_ns(pid).unwrap_or(0);
+    (drip, (after - before) as f64 / 1000.0 / n.max(1) as f64)
+}
+
 /// Where a batch's microseconds go: pg_stat_statements (track = all) over an empty-scope run of
 /// batch 1,000, next to the PL/pgSQL loop doing the same empty batches. Statement times are per
 /// batch; what no statement accounts for is transaction start and commit (with its WAL flush,
@@ -547,31 +604,23 @@ fn profile(b: &mut Bench, rounds: usize) {
         ", batch_size => 1000, sleep => '0', scope => 'false'",
     );
     println!("\n### Per-batch cost breakdown (empty scope, batch 1000)\n");
+    println!("CPU time per batch of the backend doing the batches (/proc/PID/schedstat):\n");
+    println!("| round | data_drip runner (µs) | PL/pgSQL loop backend (µs) |");
+    println!("|---:|---:|---:|");
+    for round in 0..rounds.max(1) {
+        let (d, p) = cpu_per_batch(b);
+        println!("| {} | {d:.0} | {p:.0} |", round + 1);
+    }
     for round in 0..rounds {
         for who in ["data_drip", "PL/pgSQL loop"] {
             b.c.batch_execute(
                 "SELECT pg_stat_statements_reset(); SELECT pg_stat_reset_shared('wal'); CHECKPOINT",
             )
             .unwrap();
-            let t0 = Instant::now();
             let (batches, wall_us) = if who == "data_drip" {
-                let run: i64 = b.q_i64("SELECT drip.start('bempty')");
-                b.c.batch_execute(&format!("SELECT drip.wait({run})")).unwrap();
-                // Steady state: from the first batch's start to the last one's end.
-                let r = b
-                    .c
-                    .query_one(
-                        "SELECT count(*), extract(epoch FROM max(finished_at) - min(started_at))::float8 * 1e6 \
-                         FROM drip.batches WHERE run_id = $1",
-                        &[&run],
-                    )
-                    .unwrap();
-                let n: i64 = r.get(0);
-                (n, r.get::<_, f64>(1))
+                empty_drip_run(b)
             } else {
-                b.c.batch_execute("CALL bench_empty_loop(1000)").unwrap();
-                let n = (b.accounts() + 999) / 1000;
-                (n, t0.elapsed().as_secs_f64() * 1e6)
+                empty_loop_run(b)
             };
             std::thread::sleep(Duration::from_millis(1500));
             let per = |x: f64| x / batches.max(1) as f64;
