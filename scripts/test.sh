@@ -18,7 +18,9 @@
 #            pg_terminate_backend, failing batches) on a cluster the test owns
 #   upgrade  the released 0.1.0 upgraded in place with runs in every state;
 #            upgraded catalog == fresh install (tests/upgrade.rs)
-#   package  the 15 .deb built and smoke-tested with dpkg (scripts/package.sh)
+#   package  the .deb for 15, 16, 17 and 18 built; as root each is smoke-tested
+#            with dpkg in a Debian root with that major's server and no Rust
+#            (scripts/package.sh --smoke; 16's server there is a stand-in)
 #   pg16, pg17, pg18
 #            cargo pgrx test + pg_regress on that major, whose server
 #            scripts/postgres.sh builds or fetches into a cache
@@ -224,15 +226,42 @@ suite_pg16() { suite_major 16; }
 suite_pg17() { suite_major 17; }
 suite_pg18() { suite_major 18; }
 
-# The Debian package for 15: built, then (as root) installed with dpkg -i, used in a fresh
-# cluster and removed (scripts/package.sh). An ordinary user gets the build only.
+# The Debian packages, one per major (release builds, as shipped): as root each is installed with
+# dpkg -i in a minimal Debian root that has that major's server and no Rust (bookworm: 15, trixie:
+# 17, sid: 18; 16 is in no reachable Debian suite, so its server there is a stand-in, see
+# scripts/package.sh), used in a fresh cluster (CREATE EXTENSION, a 1,000-row backfill) and
+# removed with dpkg -r. The host's PostgreSQL is never touched. An ordinary user gets the builds
+# only. DRIP_PACKAGE_MAJORS="15 17" limits the majors.
 suite_package() {
-    if is_root; then
-        bash scripts/package.sh --smoke 15 </dev/null
-    else
-        drip_log "not root: building the package without the dpkg smoke test"
-        bash scripts/package.sh 15 </dev/null
+    local major rc=0 smoke=--smoke
+    if ! is_root; then
+        drip_log "not root: building the packages without the dpkg smoke tests (they need chroot)"
+        smoke=""
     fi
+    local -a majors
+    read -r -a majors <<<"${DRIP_PACKAGE_MAJORS:-15 16 17 18}"
+    local prefetch=""
+    if [[ -n "$smoke" ]]; then
+        # The Debian roots (debootstrap + apt, about 2 minutes the first time, mostly download)
+        # are made while cargo compiles; scripts/debroot.sh serialises per suite, so a smoke test
+        # that needs a root still being made waits for it.
+        mkdir -p target/packages
+        (for major in "${majors[@]}"; do bash scripts/package.sh --root-only "$major" || true; done) \
+            >target/packages/debroot-prefetch.log 2>&1 </dev/null &
+        prefetch=$!
+    fi
+    local t
+    for major in "${majors[@]}"; do
+        t=$SECONDS
+        # shellcheck disable=SC2086 # $smoke is one word or none
+        bash scripts/package.sh $smoke "$major" </dev/null || {
+            drip_warn "package $major failed"
+            rc=1
+        }
+        drip_log "package $major: $((SECONDS - t))s"
+    done
+    if [[ -n "$prefetch" ]]; then wait "$prefetch" || true; fi
+    return "$rc"
 }
 
 # The released 0.1.0: the v0.1.0 tag, or the commit it names when tags were not fetched.
@@ -289,7 +318,7 @@ declare -A SUITE_DESC=(
     [dashboard]="the web dashboard: handler, scale and chromium browser tests (dashboard/tests)"
     [faults]="fault injection and a real standby on owned clusters (tests/faults.rs, tests/replica.rs)"
     [upgrade]="0.1.0 -> current with runs in every state; upgraded catalog == fresh install (tests/upgrade.rs)"
-    [package]="the postgresql-15-data-drip .deb: dpkg -i, CREATE EXTENSION, a backfill, dpkg -r (scripts/package.sh)"
+    [package]="postgresql-NN-data-drip .deb for 15-18: dpkg -i in a Debian root, CREATE EXTENSION, a backfill, dpkg -r (scripts/package.sh)"
     [pg16]="cargo pgrx test + pg_regress on PostgreSQL 16 (scripts/postgres.sh 16)"
     [pg17]="cargo pgrx test + pg_regress on PostgreSQL 17 (scripts/postgres.sh 17)"
     [pg18]="cargo pgrx test + pg_regress on PostgreSQL 18 (scripts/postgres.sh 18)"
