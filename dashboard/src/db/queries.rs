@@ -396,11 +396,9 @@ pub struct TimelineMark {
 
 /// At most `marks` marks over all of the run's batches, in key order: batch number order, and
 /// for a parallel run slice by slice (slices are contiguous key ranges in slice order).
-/// `batches` is the run's batch count (`next_batch_no - 1`).
 pub async fn timeline(
     db: &Client,
     run_id: i64,
-    batches: i64,
     parallel: bool,
     marks: i64,
 ) -> AppResult<Vec<TimelineMark>> {
@@ -411,18 +409,19 @@ pub async fn timeline(
         "batch_no - 1"
     };
     let sql = format!(
-        "WITH b AS (SELECT batch_no, status, error, duration, rows, {position} AS pos
+        "WITH n AS (SELECT greatest(max(batch_no), 1) AS total FROM drip.batches WHERE run_id = $1),
+              b AS (SELECT batch_no, status, error, duration, rows, {position} AS pos
                       FROM drip.batches WHERE run_id = $1)
          SELECT min(batch_no), max(batch_no), count(*),
                 bool_or(status = 'failed'), bool_or(status = 'running'),
                 bool_or(status = 'completed' AND error IS NOT NULL),
                 avg(extract(epoch FROM duration))::float8, max(extract(epoch FROM duration))::float8,
                 sum(rows)::bigint
-           FROM b
-          GROUP BY pos * $2 / $3
-          ORDER BY pos * $2 / $3"
+           FROM b, n
+          GROUP BY pos * $2 / n.total
+          ORDER BY pos * $2 / n.total"
     );
-    let rows = db.query(&sql, &[&run_id, &marks, &batches.max(1)]).await?;
+    let rows = db.query(&sql, &[&run_id, &marks]).await?;
     rows.iter()
         .map(|r| {
             Ok(TimelineMark {

@@ -83,8 +83,8 @@ pub async fn show(
     };
     let filter_href = query_href(&base, &[("errors", if errors_only { "" } else { "1" })]);
 
-    let batch_count = detail.next_batch_no - 1;
     let stats = run_stats(&state, &db, id, &run.status, run.batches_done, &detail).await?;
+    let batch_count: i64 = stats.marks.iter().map(|m| m.count).sum();
     let timeline_note = if batch_count > TIMELINE_MARKS {
         format!(
             "{} batches in key order, one mark per ~{} batches",
@@ -174,7 +174,8 @@ async fn run_stats(
     batches_done: i64,
     detail: &queries::RunDetail,
 ) -> AppResult<RunStats> {
-    let batches = detail.next_batch_no - 1;
+    // An upper bound of the batches cut so far, without counting over drip.batches.
+    let batches = (detail.next_batch_no - 1).max(batches_done);
     let fp = Fingerprint {
         status: status.to_string(),
         batches_done,
@@ -187,7 +188,7 @@ async fn run_stats(
         }
     }
     let stats = RunStats {
-        marks: queries::timeline(db, id, batches, detail.parallel > 1, TIMELINE_MARKS).await?,
+        marks: queries::timeline(db, id, detail.parallel > 1, TIMELINE_MARKS).await?,
         errors: queries::error_groups(db, id).await?,
     };
     if big {

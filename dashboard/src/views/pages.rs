@@ -190,11 +190,13 @@ pub struct ParamView {
     pub default: String,
 }
 
+/// The declared parameters, required ones first, then by name.
 pub fn param_views(params: &serde_json::Value) -> Vec<ParamView> {
     let Some(obj) = params.as_object() else {
         return Vec::new();
     };
-    obj.iter()
+    let mut views: Vec<ParamView> = obj
+        .iter()
         .map(|(name, decl)| ParamView {
             name: name.clone(),
             ty: decl
@@ -213,7 +215,13 @@ pub fn param_views(params: &serde_json::Value) -> Vec<ParamView> {
                 Some(v) => v.to_string(),
             },
         })
-        .collect()
+        .collect();
+    views.sort_by(|a, b| {
+        b.required
+            .cmp(&a.required)
+            .then_with(|| a.name.cmp(&b.name))
+    });
+    views
 }
 
 #[derive(Clone, Debug)]
