@@ -33,6 +33,21 @@
   if (!cursor || !src || typeof EventSource === "undefined") return;
 
   var es = null, wanted = true, pending = null, timer = null, inflight = false, lastFetch = 0;
+  // Bumped when updates stop: a re-fetch that was under way then is not applied.
+  var epoch = 0;
+
+  // Cursors are "xid:id", compared as pairs; data-last-event only moves forward.
+  function after(a, b) {
+    var x = a.split(":"), y = b.split(":");
+    try {
+      var ax = BigInt(x[0]), bx = BigInt(y[0]);
+      return ax > bx || (ax === bx && BigInt(x[1]) > BigInt(y[1]));
+    } catch (err) { return true; }
+  }
+  function advance(c) {
+    var cur = body.getAttribute("data-last-event") || "";
+    if (!cur || after(c, cur)) body.setAttribute("data-last-event", c);
+  }
 
   function setState(state, text) {
     body.setAttribute("data-live-state", state);
@@ -54,7 +69,7 @@
       cursor = msg.cursor;
       appendActivity(msg.events || []);
       if (followRun === 0 || (msg.runs || []).indexOf(followRun) >= 0) schedule(msg.cursor);
-      else body.setAttribute("data-last-event", msg.cursor);
+      else advance(msg.cursor);
     });
     es.addEventListener("problem", function (e) { setState("reconnecting", "database: " + e.data); });
     es.onerror = function () {
@@ -69,8 +84,10 @@
   }
 
   function disconnect(state, text) {
+    epoch++;
     if (es) { es.close(); es = null; }
     if (timer) { clearTimeout(timer); timer = null; }
+    pending = null;
     setState(state, text);
   }
 
@@ -84,14 +101,18 @@
   function refresh() {
     timer = null;
     if (pending === null) return;
-    var c = pending;
+    var c = pending, e = epoch;
     pending = null;
     inflight = true;
     lastFetch = Date.now();
     fetch(src, { credentials: "same-origin", headers: { "X-Fragment": "1" } })
       .then(function (r) { return r.ok ? r.text() : Promise.reject(r.status); })
-      .then(function (html) { replaceLive(html); body.setAttribute("data-last-event", c); })
-      .catch(function () { if (pending === null) pending = c; })
+      .then(function (html) {
+        if (e !== epoch) return;
+        replaceLive(html);
+        advance(c);
+      })
+      .catch(function () { if (pending === null && e === epoch) pending = c; })
       .then(function () {
         inflight = false;
         if (pending !== null && wanted) schedule(pending);

@@ -87,6 +87,14 @@ impl Sessions {
         Ok(session)
     }
 
+    /// Forgets sessions idle for longer than the limit (and with them their role's pool, whose
+    /// connections close).
+    pub fn sweep(&self) {
+        if let Ok(mut map) = self.map.lock() {
+            map.retain(|_, s| s.last_seen.elapsed() < IDLE_LIMIT);
+        }
+    }
+
     pub fn remove(&self, id: &str) {
         if let Ok(mut map) = self.map.lock() {
             map.remove(id);

@@ -49,14 +49,26 @@ impl AppState {
         };
         let hub = live::Hub::new();
         live::spawn_listener(base.clone(), Arc::clone(&hub));
-        Ok(Arc::new(AppState {
+        let state = Arc::new(AppState {
             config,
             base,
             shared_pool,
             sessions: auth::Sessions::default(),
             hub,
             run_stats: db::cache::RunStatsCache::default(),
-        }))
+        });
+        let weak = Arc::downgrade(&state);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(std::time::Duration::from_secs(600));
+            loop {
+                tick.tick().await;
+                match weak.upgrade() {
+                    Some(s) => s.sessions.sweep(),
+                    None => return,
+                }
+            }
+        });
+        Ok(state)
     }
 }
 

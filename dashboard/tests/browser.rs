@@ -414,3 +414,89 @@ async fn after_the_stream_drops_every_missed_event_is_shown() {
     assert_eq!(b.js("return window.__sameDocument").await, "yes");
     b.c.clone().close().await.unwrap();
 }
+
+/// The Live button pauses updates (the page stays as it was while the run changes) and
+/// resuming catches up from the page's cursor.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn live_toggle_pauses_and_resumes_updates() {
+    let db = TestDb::new("b_toggle").await;
+    db.slow_backfill(&db.alice, "toggled", 3000, 10, "300ms")
+        .await;
+    let run = db.start(&db.alice, "toggled", r#"{"step": 1}"#).await;
+    db.wait_status(run, &["running"], LIMIT).await;
+    let server = Server::start(&db.url(&db.alice), false, false).await;
+    let b = Browser::start().await;
+    b.c.goto(&server.url(&format!("/runs/{run}")))
+        .await
+        .unwrap();
+    b.wait_for("the stream to be live", LIMIT, |c| async move {
+        (attr_of(&c, "body", "data-live-state").await? == "live").then_some(())
+    })
+    .await;
+    b.click("#live-toggle").await;
+    assert_eq!(
+        b.attr("body", "data-live-state").await.as_deref(),
+        Some("paused")
+    );
+    assert_eq!(
+        b.attr("#live-toggle", "aria-pressed").await.as_deref(),
+        Some("false")
+    );
+    let frozen = b.attr("body", "data-last-event").await.unwrap();
+    db.superuser()
+        .await
+        .execute("SELECT drip.pause($1)", &[&run])
+        .await
+        .unwrap();
+    // Evidence the stream would have delivered by now: the event is in the log...
+    common::eventually("run_paused in the log", LIMIT, || {
+        let db = &db;
+        async move {
+            let n: i64 = db
+                .superuser()
+                .await
+                .query_one(
+                    "SELECT count(*) FROM drip.events WHERE run_id = $1 AND event = 'run_paused'",
+                    &[&run],
+                )
+                .await
+                .ok()?
+                .get(0);
+            (n > 0).then_some(())
+        }
+    })
+    .await;
+    // ... and a second page that is live shows it (so the first one would have, too).
+    let other = Browser::start().await;
+    other
+        .c
+        .goto(&server.url(&format!("/runs/{run}")))
+        .await
+        .unwrap();
+    other
+        .wait_for("paused on a live page", LIMIT, |c| async move {
+            (attr_of(&c, "#run-status", "data-status").await? == "paused").then_some(())
+        })
+        .await;
+    assert_eq!(
+        b.attr("#run-status", "data-status").await.as_deref(),
+        Some("running")
+    );
+    assert_eq!(b.attr("body", "data-last-event").await.unwrap(), frozen);
+    b.click("#live-toggle").await;
+    b.wait_for("caught up after resuming", LIMIT, |c| async move {
+        (attr_of(&c, "#run-status", "data-status").await? == "paused").then_some(())
+    })
+    .await;
+    assert_eq!(
+        b.attr("body", "data-live-state").await.as_deref(),
+        Some("live")
+    );
+    db.superuser()
+        .await
+        .execute("SELECT drip.stop($1)", &[&run])
+        .await
+        .unwrap();
+    b.c.clone().close().await.unwrap();
+    other.c.clone().close().await.unwrap();
+}
