@@ -171,6 +171,7 @@ if [[ -n "$SHOTS" ]]; then
         profile="$(mktemp -d /tmp/drip-shot.XXXXXX)"
         timeout 60 /usr/bin/chromium --headless=new --no-sandbox --disable-gpu --disable-quic --no-first-run \
             --disable-background-networking --disable-component-update --disable-sync \
+            --disable-crash-reporter --disable-breakpad \
             --hide-scrollbars --user-data-dir="$profile" --window-size="1400,${3:-900}" \
             --screenshot="$shots_dir/$1" "$url${2#/}" >/dev/null 2>&1 </dev/null ||
             drip_warn "chromium failed on $2"
