@@ -519,3 +519,28 @@ impl CsrfOrEmpty for common::http::Page {
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_role_without_usage_gets_the_database_refusal_not_an_empty_page() {
+    let db = TestDb::new("h_nousage").await;
+    let s = db.superuser().await;
+    s.batch_execute(&format!("REVOKE USAGE ON SCHEMA drip FROM {}", db.bob))
+        .await
+        .unwrap();
+    let server = Server::start(&db.url(&db.bob), false, false).await;
+    let mut http = Http::new(&server.url(""));
+    let page = http.get("/").await;
+    assert_eq!(page.status, 403, "{}", page.body);
+    assert!(
+        page.body.contains(r#"id="error-sqlstate">42501<"#),
+        "{}",
+        page.body
+    );
+    assert!(page.body.contains("permission denied for schema drip"));
+
+    // Multi-user: the event stream needs a login too.
+    let multi = Server::start(&db.url(&db.alice), true, false).await;
+    let mut http = Http::new(&multi.url(""));
+    assert_eq!(http.get("/live").await.status, 401);
+    assert_eq!(http.get("/runs/1?fragment=1").await.status, 303);
+}
