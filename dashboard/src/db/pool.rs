@@ -7,8 +7,11 @@
 use std::ops::{Deref, DerefMut};
 use std::sync::{Arc, Mutex};
 
+use axum::http::StatusCode;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_postgres::{Client, Config, NoTls};
+
+use crate::error::AppError;
 
 const MAX_CONNECTIONS: usize = 4;
 
@@ -44,12 +47,15 @@ impl Pool {
         Ok(client)
     }
 
-    pub async fn get(self: &Arc<Self>) -> Result<Conn, tokio_postgres::Error> {
-        // The semaphore is never closed, so acquiring only waits.
-        let permit = match self.permits.clone().acquire_owned().await {
-            Ok(p) => p,
-            Err(_) => unreachable_closed(),
-        };
+    pub async fn get(self: &Arc<Self>) -> Result<Conn, AppError> {
+        // At most MAX_CONNECTIONS at once; the semaphore is never closed, so this only waits.
+        let permit = self.permits.clone().acquire_owned().await.map_err(|_| {
+            AppError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "Database unavailable",
+                "the connection pool is closed",
+            )
+        })?;
         let reused = self.idle.lock().map(|mut idle| idle.pop()).unwrap_or(None);
         let client = match reused {
             Some(c) if !c.is_closed() => c,
@@ -61,12 +67,6 @@ impl Pool {
             _permit: permit,
         })
     }
-}
-
-#[cold]
-fn unreachable_closed() -> ! {
-    // Pool::permits is private and close() is never called on it.
-    panic!("pool semaphore closed")
 }
 
 /// A pooled connection; goes back to the pool when dropped (unless it broke).
