@@ -216,14 +216,13 @@ COMMENT ON FUNCTION drip.events_since(text, integer) IS 'Events in commit order 
 -- Who may see what: a backfill, its runs and their batches are visible to its owner, to members
 -- of the owner role and to superusers, and to nobody else. Nobody but the catalog owner may write
 -- these tables: the drip.* functions write them on the caller's behalf after checking.
+-- One schema-qualified call and no SET clause, so the planner inlines it into the policies
+-- instead of calling a function (with a search_path save and restore) for every row: at 10,000
+-- runs that was about 90 ms per statement over drip.batches or drip.events. pg_has_role on the
+-- oid of a dropped role is false (and superusers bypass row-level security anyway).
 CREATE FUNCTION drip.may_control(owner oid) RETURNS boolean
 LANGUAGE sql STABLE PARALLEL SAFE
-SET search_path = pg_catalog, pg_temp
-AS $$
-    SELECT CASE WHEN EXISTS (SELECT 1 FROM pg_catalog.pg_roles r WHERE r.oid = owner)
-                THEN pg_catalog.pg_has_role(owner, 'MEMBER')
-                ELSE false END
-$$;
+AS $$ SELECT pg_catalog.pg_has_role(owner, 'MEMBER') $$;
 COMMENT ON FUNCTION drip.may_control(oid) IS 'True if the current user is a member of the given owner role (or a superuser).';
 
 ALTER TABLE drip.backfills ENABLE ROW LEVEL SECURITY;
