@@ -333,9 +333,9 @@ mod tests {
         assert!(sql
             .full_next
             .starts_with("SELECT drip_keys.id::text, drip.key_text(drip_keys.at) FROM"));
-        assert!(sql
-            .boundary_first
-            .starts_with("SELECT drip_keys.id::text, drip.key_text(drip_keys.at), count(*) OVER ()"));
+        assert!(sql.boundary_first.starts_with(
+            "SELECT drip_keys.id::text, drip.key_text(drip_keys.at), count(*) OVER ()"
+        ));
     }
 
     #[test]

@@ -277,7 +277,16 @@ fn scenario_parallel(
     fault: impl FnMut(&Cluster, &str) -> bool,
     after_fault: impl Fn(&Cluster, &str),
 ) {
-    scenario_with(cluster, rng, name, count, parallel, SLEEP, fault, after_fault);
+    scenario_with(
+        cluster,
+        rng,
+        name,
+        count,
+        parallel,
+        SLEEP,
+        fault,
+        after_fault,
+    );
 }
 
 /// `scenario` with no sleep between batches: each batch is marked in the same commit as the
@@ -489,7 +498,13 @@ fn fault_injection_suite() {
         terminate_runner,
         nothing,
     );
-    scenario_no_sleep(&cluster, &mut rng, "sigkill_worker_no_sleep", 3, kill_runner);
+    scenario_no_sleep(
+        &cluster,
+        &mut rng,
+        "sigkill_worker_no_sleep",
+        3,
+        kill_runner,
+    );
     scenario_no_sleep(
         &cluster,
         &mut rng,

@@ -527,7 +527,8 @@ fn overhead(b: &mut Bench, rounds: usize) -> (f64, f64) {
 /// start-up, no polling granularity).
 fn empty_drip_run(b: &mut Bench) -> (i64, f64) {
     let run: i64 = b.q_i64("SELECT drip.start('bempty')");
-    b.c.batch_execute(&format!("SELECT drip.wait({run})")).unwrap();
+    b.c.batch_execute(&format!("SELECT drip.wait({run})"))
+        .unwrap();
     let r = b
         .c
         .query_one(
@@ -582,9 +583,13 @@ fn cpu_per_batch(b: &mut Bench) -> (f64, f64) {
     };
     let (n1, c1) = sample(&mut watch, 100);
     let (n2, c2) = sample(&mut watch, 800);
-    b.c.batch_execute(&format!("SELECT drip.wait({run})")).unwrap();
+    b.c.batch_execute(&format!("SELECT drip.wait({run})"))
+        .unwrap();
     let drip = (c2 - c1) as f64 / 1000.0 / (n2 - n1).max(1) as f64;
-    let pid: i32 = b.c.query_one("SELECT pg_backend_pid()", &[]).unwrap().get(0);
+    let pid: i32 =
+        b.c.query_one("SELECT pg_backend_pid()", &[])
+            .unwrap()
+            .get(0);
     let before = cpu_ns(pid).unwrap_or(0);
     let (n, _) = empty_loop_run(b);
     let after = cpu_ns(pid).unwrap_or(0);
@@ -634,9 +639,8 @@ fn profile(b: &mut Bench, rounds: usize) {
                     &[&(batches / 2)],
                 )
                 .unwrap();
-            let wal = b
-                .c
-                .query_one(
+            let wal =
+                b.c.query_one(
                     "SELECT wal_sync, wal_sync_time, wal_write FROM pg_stat_wal",
                     &[],
                 )

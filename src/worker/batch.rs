@@ -279,22 +279,23 @@ impl Runner {
         // limited (lock and statement timeouts); our bookkeeping below waits for locks as long
         // as it must (pause and stop hold the run row only briefly).
         let lock_timeout = format!("{}ms", settings.lock_timeout_ms);
-        let (rows, failed) = crate::pg::settings::with(&[(c"lock_timeout", lock_timeout.as_str())], || {
-            let _limit = timeout::StatementTimeout::arm(settings.statement_timeout);
-            let started = Instant::now();
-            let counts = if self.row_mode {
-                self.rows_one_by_one(b, &args)
-            } else {
-                let rows = self
-                    .as_owner(|stmts| stmts.exec(&sql, &args))
-                    .or_raise_spi();
-                (rows, 0)
-            };
-            if let Some(a) = self.adaptive.as_mut() {
-                a.observe(b.keys, started.elapsed());
-            }
-            counts
-        });
+        let (rows, failed) =
+            crate::pg::settings::with(&[(c"lock_timeout", lock_timeout.as_str())], || {
+                let _limit = timeout::StatementTimeout::arm(settings.statement_timeout);
+                let started = Instant::now();
+                let counts = if self.row_mode {
+                    self.rows_one_by_one(b, &args)
+                } else {
+                    let rows = self
+                        .as_owner(|stmts| stmts.exec(&sql, &args))
+                        .or_raise_spi();
+                    (rows, 0)
+                };
+                if let Some(a) = self.adaptive.as_mut() {
+                    a.observe(b.keys, started.elapsed());
+                }
+                counts
+            });
 
         // The batch row, the cursor and the counters, with the event: one statement, in the
         // batch's transaction.

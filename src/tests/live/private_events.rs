@@ -165,10 +165,8 @@ fn a_superuser_can_turn_on_full_payloads() {
         .map(|p| serde_json::from_str::<Value>(p).unwrap())
         .filter(|v| v["run_id"] == run)
         .collect();
-    assert!(mine
-        .iter()
-        .all(|v| v["backfill"] == "pe_full_backfill"
-            && (v["id"].is_i64() || v["event"] == "batch_running")));
+    assert!(mine.iter().all(|v| v["backfill"] == "pe_full_backfill"
+        && (v["id"].is_i64() || v["event"] == "batch_running")));
     let failed = mine
         .iter()
         .find(|v| v["event"] == "batch_failed")
