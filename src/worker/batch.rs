@@ -29,9 +29,11 @@ pub(super) struct MarkingState {
 use crate::worker::statements::StatementCache;
 
 impl Runner {
-    /// Transaction 1 of a batch: check the run and its health, decide what to do next and mark
-    /// the batch running. The marker commits synchronously: once batch_running was announced,
-    /// the row must survive a crash so the catalog can say the attempt was interrupted.
+    /// Step 1 of a batch: check the run and its health, decide what to do next and mark the
+    /// batch running, in a transaction of its own (after a sleep, a hold or a failure) or at the
+    /// end of the previous batch's work (`work_then_mark`). Either way the marker commits
+    /// synchronously before the work starts: once batch_running was announced, the row must
+    /// survive a crash so the catalog can say the attempt was interrupted.
     pub(super) fn mark_next(&mut self) -> Step {
         if !extension::still_current(&self.instance) {
             log!(
