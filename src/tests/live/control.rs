@@ -19,14 +19,12 @@ fn pause_resume_and_stop() {
     let run = db.start("SELECT drip.start('ctl')");
     db.wait_for(run, &["running"], Duration::from_secs(5));
     // Wait for the first batch, so the worker is in its 2 s sleep.
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while db.i64(&format!(
-        "SELECT batches_done FROM drip.runs WHERE id = {run}"
-    )) < 1
-    {
-        assert!(Instant::now() < deadline, "first batch never completed");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    db.wait_until(
+        &format!("SELECT batches_done FROM drip.runs WHERE id = {run}"),
+        1,
+        Duration::from_secs(5),
+        "first batch never completed",
+    );
     assert_eq!(db.text(&format!("SELECT drip.pause({run})")), "paused");
     // The sleeping worker notices within a second and exits; no batch starts meanwhile.
     let t0 = Instant::now();
@@ -70,14 +68,12 @@ fn pause_resume_and_stop() {
 
     assert_eq!(db.text(&format!("SELECT drip.resume({run})")), "enqueued");
     db.wait_for(run, &["running"], Duration::from_secs(3));
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while db.i64(&format!(
-        "SELECT count(*) FROM drip.batches WHERE run_id = {run} AND status = 'completed'"
-    )) <= batches
-    {
-        assert!(Instant::now() < deadline, "no batch after resume");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    db.wait_until(
+        &format!("SELECT count(*) FROM drip.batches WHERE run_id = {run} AND status = 'completed'"),
+        batches + 1,
+        Duration::from_secs(10),
+        "no batch after resume",
+    );
     assert_eq!(db.text(&format!("SELECT drip.stop({run})")), "stopped");
     std::thread::sleep(Duration::from_millis(1500));
     assert_eq!(db.status(run), "stopped");

@@ -3,7 +3,7 @@
 
 use std::time::{Duration, Instant};
 
-use super::{connect, connect_db, db, Db};
+use super::{connect, connect_db, db, poll_until, Db};
 
 /// Settings under which text forms of keys look different from the defaults: a caller (and a
 /// worker, through the database's defaults) with these must not change which rows a run does.
@@ -328,16 +328,13 @@ fn a_worker_stops_touching_anything_once_its_catalog_is_dropped_or_replaced() {
             .unwrap()
             .get(0);
         // Let it get going.
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while c
-            .query_one("SELECT count(*) FROM old_t WHERE n > 0", &[])
-            .unwrap()
-            .get::<_, i64>(0)
-            < 500
-        {
-            assert!(Instant::now() < deadline, "run {run} made no progress");
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        poll_until(
+            &mut c,
+            "SELECT count(*) FROM old_t WHERE n > 0",
+            500,
+            Duration::from_secs(30),
+            &format!("run {run} made no progress"),
+        );
         if recreate {
             // The new catalog's run gets the same id and works on another table.
             c.batch_execute(
@@ -598,11 +595,12 @@ fn the_deploy_script_pattern_fails_fast_and_never_hangs() {
         })
         .expect("psql");
     let waiting = "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'ws_waiter'";
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while db.i64(waiting) == 0 {
-        assert!(Instant::now() < deadline, "the waiter never showed up");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    db.wait_until(
+        waiting,
+        1,
+        Duration::from_secs(10),
+        "the waiter never showed up",
+    );
     psql.kill().expect("kill psql");
     let _ = psql.wait();
     let deadline = Instant::now() + Duration::from_secs(5);
@@ -678,16 +676,13 @@ fn a_paused_run_survives_dump_and_restore_and_resumes_on_the_right_table() {
         .query_one("SELECT drip.start('rs')", &[])
         .unwrap()
         .get(0);
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while src
-        .query_one("SELECT count(*) FROM app.rs_t WHERE n > 0", &[])
-        .unwrap()
-        .get::<_, i64>(0)
-        < 300
-    {
-        assert!(Instant::now() < deadline, "no progress");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    poll_until(
+        &mut src,
+        "SELECT count(*) FROM app.rs_t WHERE n > 0",
+        300,
+        Duration::from_secs(30),
+        "no progress",
+    );
     src.execute("SELECT drip.pause($1)", &[&run]).unwrap();
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
@@ -963,14 +958,12 @@ fn progress_tells_the_truth_about_errors_rate_eta_and_cursor() {
                               batch_size => 50, sleep => '0', max_attempts => 5);",
     );
     let run = db.start("SELECT drip.start('pg_retry')");
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while db.i64(&format!(
-        "SELECT count(*) FROM drip.batches WHERE run_id = {run} AND status = 'failed'"
-    )) == 0
-    {
-        assert!(Instant::now() < deadline, "no failed attempt");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    db.wait_until(
+        &format!("SELECT count(*) FROM drip.batches WHERE run_id = {run} AND status = 'failed'"),
+        1,
+        Duration::from_secs(20),
+        "no failed attempt",
+    );
     db.exec("UPDATE pg_flag SET d = 1");
     assert_eq!(db.wait_done(run), "completed");
     assert_eq!(

@@ -24,6 +24,23 @@ pub struct Db {
     _serial: MutexGuard<'static, ()>,
 }
 
+/// Poll `sql` (one bigint) every 20 ms until it is at least `at_least`; panics with `what`
+/// after `timeout`. Returns the value reached.
+pub fn poll_until(c: &mut Client, sql: &str, at_least: i64, timeout: Duration, what: &str) -> i64 {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let v: i64 = c
+            .query_one(sql, &[])
+            .unwrap_or_else(|e| panic!("{sql}: {e}"))
+            .get(0);
+        if v >= at_least {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "{what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 /// Boot the test cluster (once per test binary) and connect.
 pub fn db() -> Db {
     let serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
@@ -130,6 +147,11 @@ impl Db {
             }
             std::thread::sleep(Duration::from_millis(25));
         }
+    }
+
+    /// `poll_until` on this connection.
+    pub fn wait_until(&mut self, sql: &str, at_least: i64, timeout: Duration, what: &str) -> i64 {
+        poll_until(&mut self.c, sql, at_least, timeout, what)
     }
 
     pub fn wait_done(&mut self, run: i64) -> String {

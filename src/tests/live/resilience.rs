@@ -53,14 +53,12 @@ fn a_batch_loses_a_lock_fight_then_retries() {
         .unwrap();
     let run = db.start("SELECT drip.start('lt')");
     // The first attempt fails on the lock after ~100 ms instead of waiting behind live traffic.
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while db.i64(&format!(
-        "SELECT count(*) FROM drip.batches WHERE run_id = {run} AND sqlstate = '55P03'"
-    )) == 0
-    {
-        assert!(Instant::now() < deadline, "no lock timeout recorded");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    db.wait_until(
+        &format!("SELECT count(*) FROM drip.batches WHERE run_id = {run} AND sqlstate = '55P03'"),
+        1,
+        Duration::from_secs(5),
+        "no lock timeout recorded",
+    );
     tx.rollback().unwrap();
     assert_eq!(db.wait_done(run), "completed");
     assert_eq!(db.i64("SELECT count(*) FROM lt_t WHERE n = 1"), 100);

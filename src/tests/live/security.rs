@@ -2,7 +2,7 @@
 //! their owner's privileges, and only owners, members of the owner role and superusers control
 //! them.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use postgres::Client;
 
@@ -364,14 +364,12 @@ fn losing_a_privilege_or_the_owner_fails_the_run_cleanly() {
         .query_one("SELECT drip.start('sec_rev')", &[])
         .unwrap()
         .get(0);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while db.i64(&format!(
-        "SELECT batches_done FROM drip.runs WHERE id = {run}"
-    )) < 2
-    {
-        assert!(Instant::now() < deadline, "no batches");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    db.wait_until(
+        &format!("SELECT batches_done FROM drip.runs WHERE id = {run}"),
+        2,
+        Duration::from_secs(10),
+        "no batches",
+    );
     admin
         .batch_execute("REVOKE UPDATE ON sec.granted FROM sec_alice")
         .unwrap();

@@ -152,14 +152,12 @@ fn alter_changes_a_run_from_its_next_batch() {
          SELECT drip.register('al', 'al_t', 'SET n = n + 1', batch_size => 10, sleep => '400 milliseconds');",
     );
     let run = db.start("SELECT drip.start('al')");
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while db.i64(&format!(
-        "SELECT batches_done FROM drip.runs WHERE id = {run}"
-    )) < 1
-    {
-        assert!(Instant::now() < deadline);
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    db.wait_until(
+        &format!("SELECT batches_done FROM drip.runs WHERE id = {run}"),
+        1,
+        Duration::from_secs(5),
+        "no batch done",
+    );
     let row =
         db.c.query_one(
             "SELECT batch_size, sleep::text FROM drip.alter($1, batch_size => 100, sleep => '0')",
