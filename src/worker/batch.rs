@@ -346,11 +346,12 @@ impl Runner {
     /// decided and its batch marked in the same transaction, so one commit per batch makes
     /// both durable. The marking runs in a subtransaction: if it raises (the boundary query
     /// fails, say), only the marking is undone, the batch still commits, and the next step is
-    /// decided again in its own transaction (where the error is handled as usual).
+    /// decided again in its own transaction (where the error is handled as usual). Used by the
+    /// background runner's loop; `CALL drip.finish` drives its own steps (`foreground`).
     pub(super) fn work_then_mark(&mut self, b: &Batch, settings: &Settings) -> (i64, Option<Step>) {
         let failed = self.work(b, settings);
         let run_fails = failed > 0 && !self.skip_row_errors;
-        if !settings.sleep.is_zero() || run_fails || self.foreground {
+        if !settings.sleep.is_zero() || run_fails {
             return (failed, None);
         }
         let before = self.marking_state();
