@@ -238,7 +238,7 @@ fn upgrade_from_0_1_0_keeps_every_run_and_equals_a_fresh_install() {
         )
         .unwrap()
         .get(0);
-    assert_eq!(version, "0.2.0");
+    assert_eq!(version, "0.3.0");
 
     // Everything goes on under the new version.
     u.execute("UPDATE fail_flag SET divisor = 1", &[]).unwrap();
