@@ -108,6 +108,9 @@ pub enum DripError {
     RunBusy(i64),
     #[error("the data_drip library is version {library} but this database's catalog is version {catalog}")]
     CatalogVersion { library: String, catalog: String },
+    /// Citus refused to create data_drip's commit anchor (see `distribution::citus`).
+    #[error("cannot prepare Citus for data_drip's batches: {0}")]
+    CitusSetup(String),
     #[error("{0}")]
     Internal(String),
 }
@@ -155,6 +158,7 @@ impl DripError {
             DripError::ConcurrentStart(_) => ERRCODE_OBJECT_IN_USE,
             DripError::WaitInOwnTransaction(_) => ERRCODE_INVALID_TRANSACTION_STATE,
             DripError::WaitsForRun { .. } => ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+            DripError::CitusSetup(_) => ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
             DripError::Internal(_) => ERRCODE_INTERNAL_ERROR,
         }
     }
@@ -212,6 +216,7 @@ impl DripError {
             DripError::OwnerGone(_) => {
                 "Register the backfill again as an existing role.".into()
             }
+            DripError::CitusSetup(_) => "Batches on Citus tables need the coordinator in Citus's metadata, e.g. SELECT citus_set_coordinator_host('<coordinator host>', <port>).".into(),
             DripError::WaitTimedOut { run_id, .. } => {
                 format!("Call SELECT drip.wait({run_id}) again, or see drip.progress.")
             }

@@ -6,6 +6,7 @@
 //! - `compile`: a definition turned into checked, executable statements;
 //! - `action`, `placeholders`, `params`, `keyset`: pure domain logic (no Postgres needed);
 //! - `status`, `events`, `error`: lifecycles, NOTIFY payloads, errors and their SQLSTATEs;
+//! - `distribution`: where a table lives (this node, or Citus shards) and what that changes;
 //! - `worker`: the scheduler and runner background workers;
 //! - `pg`: the thin unsafe layer over `pg_sys`;
 //! - `guc`: settings.
@@ -17,6 +18,7 @@ pub mod adaptive;
 mod api;
 pub mod catalog;
 pub mod compile;
+pub mod distribution;
 pub mod error;
 pub mod events;
 mod guc;

@@ -50,3 +50,64 @@ pub fn run<R>(f: impl FnOnce() -> R) -> Result<R, TxError> {
     })
     .execute()
 }
+
+/// `run`, but the transaction is a transaction block, as a client's `BEGIN; ...; COMMIT;` is:
+/// `f` runs as one statement inside the block and the block commits after it. Extensions that
+/// look at the block state see a multi-statement transaction (Citus then opens remote
+/// transaction blocks and passes `SET LOCAL` on to its worker connections; outside a block it
+/// runs a single-shard write as an autocommit statement on the worker).
+pub fn run_block<R>(f: impl FnOnce() -> R) -> Result<R, TxError> {
+    let f = AssertUnwindSafe(f);
+    PgTryBuilder::new(move || {
+        let f = f;
+        // SAFETY: the same sequence of calls exec_simple_query makes for "BEGIN", one statement
+        // and "COMMIT", from a background worker that is between transactions (every caller of
+        // this module is): start a transaction command, open the block, end the command (the
+        // block is now in progress); run the statement with a snapshot; end the block and
+        // commit. An ERROR anywhere unwinds to the catch below, which aborts out of the block.
+        unsafe {
+            pg_sys::SetCurrentStatementStartTimestamp();
+            pg_sys::StartTransactionCommand();
+            pg_sys::BeginTransactionBlock();
+            pg_sys::CommitTransactionCommand();
+            pg_sys::StartTransactionCommand();
+            pg_sys::PushActiveSnapshot(pg_sys::GetTransactionSnapshot());
+        }
+        let out = (f.0)();
+        // SAFETY: pairs with the PushActiveSnapshot above; then "COMMIT" ends the block, and the
+        // command that follows it commits the transaction.
+        unsafe {
+            pg_sys::PopActiveSnapshot();
+            pg_sys::CommitTransactionCommand();
+            pg_sys::StartTransactionCommand();
+            pg_sys::EndTransactionBlock(false);
+            pg_sys::CommitTransactionCommand();
+        }
+        Ok(out)
+    })
+    .catch_others(|e| {
+        let err = match e {
+            CaughtError::PostgresError(r)
+            | CaughtError::ErrorReport(r)
+            | CaughtError::RustPanic { ereport: r, .. } => TxError {
+                message: r.message().to_string(),
+                sqlstate: sqlstate_text(r.sql_error_code()),
+            },
+        };
+        // SAFETY: an ERROR was raised inside the block (or its commit); AbortOutOfAnyTransaction
+        // rolls back whatever transaction and block state is current and leaves none, so the
+        // worker can start its next transaction.
+        unsafe { pg_sys::AbortOutOfAnyTransaction() };
+        Err(err)
+    })
+    .execute()
+}
+
+/// `run_block` when `block`, else `run`.
+pub fn run_maybe_block<R>(block: bool, f: impl FnOnce() -> R) -> Result<R, TxError> {
+    if block {
+        run_block(f)
+    } else {
+        run(f)
+    }
+}

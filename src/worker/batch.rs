@@ -203,7 +203,8 @@ impl Runner {
                 .map(|i| r.get::<String>(i).map(|v| v.unwrap_or_default()))
                 .collect()
         };
-        self.as_owner_with("force_generic_plan", |stmts| {
+        let walk_mode = self.placement.walk_plan_mode();
+        self.as_owner_with(walk_mode, |stmts| {
             // A full batch: skip along the index to its last key.
             let high = stmts.run(&full, &args, |t| match t.into_iter().next() {
                 Some(r) => read_key(&r).map(Some),
@@ -228,7 +229,8 @@ impl Runner {
     /// Run user-facing SQL as the backfill's owner, in a security-restricted operation with
     /// the owner's search_path (the owner's existence is checked by mark_next).
     pub(super) fn as_owner<R>(&mut self, f: impl FnOnce(&mut StatementCache) -> R) -> R {
-        self.as_owner_with("auto", f)
+        let mode = self.placement.work_plan_mode();
+        self.as_owner_with(mode, f)
     }
 
     /// `as_owner` with a plan_cache_mode: our own key-walk queries have the same best plan for
@@ -283,6 +285,14 @@ impl Runner {
         let lock_timeout = format!("{}ms", settings.lock_timeout_ms);
         let (rows, failed) =
             crate::pg::settings::with(&[(c"lock_timeout", lock_timeout.as_str())], || {
+                // Inside this nest level: undone for the bookkeeping below.
+                self.placement
+                    .begin_work(
+                        self.run_id,
+                        settings.lock_timeout_ms,
+                        settings.statement_timeout.as_millis() as i64,
+                    )
+                    .or_raise();
                 let _limit = timeout::StatementTimeout::arm(settings.statement_timeout);
                 let started = Instant::now();
                 let counts = if self.row_mode {
@@ -447,6 +457,26 @@ impl Runner {
             }
         }
         (done, failed)
+    }
+
+    /// Record an attempt that failed for a reason outside the batch (a node that could not be
+    /// reached): the batch row and `batch_failed` say so; the run goes on.
+    pub(super) fn record_failure_of_attempt(&self, b: &Batch, e: &transaction::TxError) {
+        Spi::run_with_args(
+            "UPDATE drip.batches SET status = 'failed', error = $3, sqlstate = $4, \
+             finished_at = clock_timestamp() WHERE run_id = $1 AND batch_no = $2",
+            &[
+                self.run_id.into(),
+                b.no.into(),
+                e.message.as_str().into(),
+                e.sqlstate.as_str().into(),
+            ],
+        )
+        .or_raise_spi();
+        if let Some(run) = catalog::read_run(self.run_id).or_raise() {
+            let message = format!("{} (SQLSTATE {})", e.message, e.sqlstate);
+            catalog::notify_batch(&run, BatchStatus::Failed, b.no, 0, Some(&message)).or_raise();
+        }
     }
 
     /// Record a failed attempt. Returns true when the run failed for good.

@@ -9,6 +9,7 @@ use pgrx::JsonB;
 
 use crate::catalog::{self, RunRow, RUN_COLUMNS};
 use crate::compile::Definition;
+use crate::distribution::Placement;
 use crate::error::{DripError, OrRaise};
 use crate::params;
 use crate::pg::extension;
@@ -194,8 +195,12 @@ pub(super) fn claim_locked(run_id: i64, slice: Option<i32>) -> Option<Runner> {
         release_run(run_id);
         return None;
     }
+    let placement = Placement::of(pg_sys::Oid::from(def.relation_oid)).or_raise();
+    placement.prepare_runner().or_raise();
     Some(Runner {
         run_id,
+        placement,
+        transient_failures: 0,
         instance: extension::current()?,
         gone: false,
         compiled,

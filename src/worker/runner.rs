@@ -29,11 +29,13 @@ use pgrx::prelude::*;
 use crate::adaptive::Adaptive;
 use crate::catalog;
 use crate::compile::Compiled;
+use crate::distribution::Placement;
 use crate::error::{DripError, OrRaise};
 use crate::pg::identity::{self};
 use crate::pg::{extension, signals, transaction, wake};
 use crate::status::RunStatus;
 use crate::worker::claim::{claim, fail_run, fail_unrecordable};
+use crate::worker::health::announce_throttled;
 use crate::worker::launch;
 use crate::worker::statements::StatementCache;
 
@@ -97,6 +99,10 @@ pub(super) struct Runner {
     /// Set when the work transaction found the catalog dropped or replaced.
     pub(super) gone: bool,
     pub(super) compiled: Compiled,
+    /// Where the table lives (this node, or Citus shards): how to plan and commit batches.
+    pub(super) placement: Placement,
+    /// Transient failures (an unreachable Citus worker) in a row, for their backoff.
+    pub(super) transient_failures: i32,
     /// Text of each parameter value, for the type's input function.
     pub(super) param_texts: Vec<Option<String>>,
     pub(super) max_attempts: i32,
@@ -170,7 +176,10 @@ impl Runner {
                 Ok(Step::Batch(batch, settings)) => {
                     boundary_failures = 0;
                     let before = self.marking_state();
-                    match transaction::run(|| self.work_then_mark(&batch, &settings)) {
+                    let in_block = self.placement.work_in_block();
+                    match transaction::run_maybe_block(in_block, || {
+                        self.work_then_mark(&batch, &settings)
+                    }) {
                         Ok((failed_rows, next)) => {
                             decided = next;
                             self.batch_done(&batch, failed_rows, &settings)
@@ -180,6 +189,9 @@ impl Runner {
                             self.batch_failed(&batch, &e)
                         }
                     }
+                }
+                Err(e) if self.placement.is_transient(&e.sqlstate, &e.message) => {
+                    self.unreachable(&e)
                 }
                 Err(e) => {
                     boundary_failures += 1;
@@ -203,6 +215,7 @@ impl Runner {
     ) -> Option<Duration> {
         self.cursor = Some(batch.high.clone());
         self.retry = None;
+        self.transient_failures = 0;
         if failed_rows > 0 && !self.skip_row_errors {
             let message = format!(
                 "{failed_rows} row(s) of batch {} failed; see drip.row_errors, then drip.retry_rows({}) and drip.retry({})",
@@ -223,6 +236,16 @@ impl Runner {
                 self.run_id
             );
             return None;
+        }
+        if self.placement.is_transient(&e.sqlstate, &e.message) {
+            // Not the batch's fault: it is done again once the node answers, with the same
+            // attempt count.
+            let _ = transaction::run(|| self.record_failure_of_attempt(batch, e));
+            self.retry = Some(Batch {
+                keys: 0,
+                ..batch.clone()
+            });
+            return self.unreachable(e);
         }
         let gave_up = transaction::run(|| self.record_failure(batch, e)).unwrap_or_else(|e2| {
             warning!(
@@ -246,6 +269,25 @@ impl Runner {
             ..batch.clone()
         });
         Some(backoff(batch.attempts))
+    }
+
+    /// A node of the table could not be reached (a Citus worker down or restarting): hold the
+    /// run, say why (`drip.runs.throttled`, `run_throttled`), release what a crashed batch left
+    /// prepared, and look again after a backoff. Spends no attempt.
+    fn unreachable(&mut self, e: &transaction::TxError) -> Option<Duration> {
+        self.transient_failures += 1;
+        let reason = format!(
+            "waiting for a node: {} (SQLSTATE {})",
+            e.message, e.sqlstate
+        );
+        let _ = transaction::run(|| {
+            self.placement.release_prepared();
+            if self.throttled != Some("node") {
+                announce_throttled(self.run_id, &reason);
+            }
+        });
+        self.throttled = Some("node");
+        Some(backoff(self.transient_failures))
     }
 
     /// No batch could be marked (its key range cannot be found: the table was dropped, the
@@ -311,7 +353,8 @@ pub fn pin_search_path() {
         &[identity::SAFE_SEARCH_PATH.into()],
     )
     .or_raise_spi();
-    // Our own per-batch statements are primary-key lookups: one generic plan serves all.
+    // Our own per-batch statements are primary-key lookups: one generic plan serves all. (The
+    // statements over the backfill's table take their plan mode from its placement.)
     Spi::run("SELECT pg_catalog.set_config('plan_cache_mode', 'force_generic_plan', false)")
         .or_raise_spi();
 }
