@@ -124,9 +124,12 @@ CREATE TABLE drip.slices (
     high_key   text[],           -- inclusive; NULL: to the last key
     cursor     text[],           -- last key done in this slice
     done       boolean NOT NULL DEFAULT false,
+    hash_min   integer,          -- a Citus shard's sub-run: the hash range it owns (inclusive)
+    hash_max   integer,
+    node_group integer,          -- the Citus node group holding that shard when last resolved
     PRIMARY KEY (run_id, slice)
 );
-COMMENT ON TABLE drip.slices IS 'Slices of parallel runs (start(..., parallel => N)): contiguous key ranges, one worker and one cursor each.';
+COMMENT ON TABLE drip.slices IS 'Slices of parallel runs (start(..., parallel => N)): contiguous key ranges, one worker and one cursor each; on a Citus distributed table, one sub-run per shard (hash_min..hash_max), at most drip.max_runs_per_node of them per node at once.';
 
 CREATE TABLE drip.row_errors (
     run_id       bigint NOT NULL,

@@ -10,6 +10,7 @@ use serde_json::Value;
 
 use crate::catalog;
 use crate::compile::{self, Definition, Source};
+use crate::distribution::Placement;
 use crate::error::{required, DripError, DripResult, OrRaise};
 use crate::params;
 use crate::pg::{identity, types};
@@ -208,6 +209,7 @@ fn register_impl(def: &NewBackfill, options: &BatchOptions, replace: bool) -> Dr
         params: &def.params,
         key: def.key.as_deref(),
         capped: false,
+        sharded: false,
     })?;
     // Parsed, analyzed and planned as the caller: Postgres checks the caller's privileges for
     // every object the scope and action touch (UPDATE for SET, DELETE for DELETE, ...).
@@ -664,7 +666,16 @@ fn start_planned(
     // Slices come from the split keys actually found: a range with fewer keys than requested
     // slices gets fewer slices, and one with a single key (or none) runs as a plain run. The
     // stored `parallel` and the slice rows always agree, so no key range has two workers.
-    let splits = if range.parallel > 1 {
+    // On a hash-distributed Citus table walked by its distribution column: one sub-run per
+    // shard, whatever `parallel` says (see distribution::shard_walk).
+    let relation = pg_sys::Oid::from(def.relation_oid);
+    let key_columns: Vec<(String, pg_sys::Oid)> = compiled
+        .keys
+        .iter()
+        .map(|k| (k.name.clone(), k.type_oid))
+        .collect();
+    let shard_slices = Placement::of(relation)?.shard_slices(relation, &key_columns)?;
+    let splits = if shard_slices.is_none() && range.parallel > 1 {
         split_points(
             &compiled,
             from_key.as_ref(),
@@ -674,10 +685,10 @@ fn start_planned(
     } else {
         Vec::new()
     };
-    let slices = if splits.is_empty() {
-        1
-    } else {
-        splits.len() as i32 + 1
+    let slices = match &shard_slices {
+        Some(shards) => shards.len() as i32,
+        None if splits.is_empty() => 1,
+        None => splits.len() as i32 + 1,
     };
     if let Some(after) = range.after {
         security::as_catalog(|| {
@@ -743,7 +754,24 @@ fn start_planned(
             Err(e) => return Err(DripError::Internal(e.message)),
         }
         .ok_or_else(|| DripError::UnknownBackfill(name.to_string()))?;
-        if slices > 1 {
+        if let Some(shards) = &shard_slices {
+            // Sub-run i walks the whole key range, restricted to shard i's hash range.
+            for (i, s) in shards.iter().enumerate() {
+                Spi::run_with_args(
+                    "INSERT INTO drip.slices (run_id, slice, low_key, high_key, hash_min, hash_max, node_group) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7)",
+                    &[
+                        row.id.into(),
+                        (i as i32).into(),
+                        from_key.clone().into(),
+                        to_key.clone().into(),
+                        s.hash_min.into(),
+                        s.hash_max.into(),
+                        s.node_group.into(),
+                    ],
+                )?;
+            }
+        } else if slices > 1 {
             // Slice i covers (bound i-1, bound i]: the run's range cut at the split keys.
             let mut bounds: Vec<Option<Vec<String>>> = vec![from_key.clone()];
             bounds.extend(splits.iter().cloned().map(Some));
@@ -782,6 +810,10 @@ pub(crate) fn estimate_rows(
     })
     .ok()
     .flatten()?;
+    // A distributed plan's own row count is Citus's constant; its tasks' plans are real.
+    if let Some(rows) = crate::distribution::distributed_estimate(&plan) {
+        return Some(rows);
+    }
     plan.get(0)?
         .get("Plan")?
         .get("Plan Rows")?

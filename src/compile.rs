@@ -44,6 +44,8 @@ pub struct Source<'a> {
     pub key: Option<&'a [String]>,
     /// The run walks a range with a fixed upper end (see `keyset::Spec::capped`).
     pub capped: bool,
+    /// A sub-run of one shard: batches list their keys (see `keyset::Spec::shard_filter`).
+    pub sharded: bool,
 }
 
 struct RelationInfo {
@@ -233,6 +235,17 @@ pub fn compile(src: &Source) -> DripResult<Compiled> {
         .iter()
         .map(|k| settings::text_is_canonical(k.type_oid))
         .collect();
+    let shard_filter = if src.sharded {
+        match (quoted_keys.as_slice(), keys.as_slice()) {
+            ([column], [key]) => crate::distribution::shard_walk::array_type(key.type_oid)
+                .map(|t| (column.clone(), t.to_string())),
+            _ => None,
+        }
+        .ok_or_else(|| DripError::Internal("a shard sub-run needs a single integer key".into()))
+        .map(Some)?
+    } else {
+        None
+    };
     let sql = keyset::build(&keyset::Spec {
         relation: &rel.quoted,
         keys: &quoted_keys,
@@ -242,6 +255,9 @@ pub fn compile(src: &Source) -> DripResult<Compiled> {
         action: &action_sql,
         kind: &kind,
         capped: src.capped,
+        shard_filter: shard_filter
+            .as_ref()
+            .map(|(column, array_type)| keyset::ShardFilter { column, array_type }),
     });
     Ok(Compiled {
         relation: rel.quoted,
@@ -255,6 +271,25 @@ pub fn compile(src: &Source) -> DripResult<Compiled> {
 }
 
 impl Compiled {
+    /// A shard sub-run's lookup of the next key (single integer key): the smallest key above
+    /// `$1` (or the smallest of all), as bigint.
+    pub fn next_key_sql(&self, after: bool) -> String {
+        let column = self
+            .keys
+            .first()
+            .map(|k| quote_ident(&k.name))
+            .unwrap_or_default();
+        let filter = if after {
+            format!(" WHERE {column} > $1")
+        } else {
+            String::new()
+        };
+        format!(
+            "SELECT min({column})::bigint FROM {}{filter}",
+            self.relation
+        )
+    }
+
     /// Bound arguments for a stored (canonical) key, one per key column.
     pub fn key_args(&self, key: &[String]) -> DripResult<Vec<pgrx::datum::DatumWithOid<'static>>> {
         self.keys
@@ -482,6 +517,20 @@ impl Definition {
             params: &self.params,
             key: Some(&self.key),
             capped,
+            sharded: false,
+        })
+    }
+
+    /// Compile for a sub-run of one shard (`distribution::shard_walk`).
+    pub fn compile_shard(&self, capped: bool) -> DripResult<Compiled> {
+        compile(&Source {
+            relation_oid: pg_sys::Oid::from(self.relation_oid),
+            action: &self.action,
+            scope: self.scope.as_deref(),
+            params: &self.params,
+            key: Some(&self.key),
+            capped,
+            sharded: true,
         })
     }
 }

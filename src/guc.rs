@@ -22,6 +22,9 @@ pub static NOTIFY_PAYLOAD: GucSetting<NotifyPayload> =
 /// Most runs executing at once in one database; more wait as `enqueued`.
 pub static MAX_RUNS: GucSetting<i32> = GucSetting::<i32>::new(2);
 
+/// How many sub-runs of Citus shards may write to one node at once.
+pub static MAX_RUNS_PER_NODE: GucSetting<i32> = GucSetting::<i32>::new(1);
+
 /// How long drip.events rows are kept (seconds; 0 = for ever).
 pub static EVENT_RETENTION: GucSetting<i32> = GucSetting::<i32>::new(30 * 24 * 3600);
 
@@ -44,6 +47,16 @@ pub fn define(in_preload: bool) {
         c"Each executing run uses one background worker; further runs wait as enqueued. Raise max_worker_processes along with it.",
         &MAX_RUNS,
         0,
+        1024,
+        GucContext::Sighup,
+        GucFlags::default(),
+    );
+    GucRegistry::define_int_guc(
+        c"drip.max_runs_per_node",
+        c"Maximum number of sub-runs writing to one Citus node at once.",
+        c"A run on a hash-distributed Citus table has one sub-run per shard; a sub-run whose shard's node already has this many waits, enqueued. Counted within drip.max_runs.",
+        &MAX_RUNS_PER_NODE,
+        1,
         1024,
         GucContext::Sighup,
         GucFlags::default(),

@@ -53,6 +53,16 @@ pub struct Spec<'a> {
     /// The range has a fixed upper end (`to_key`, or the largest key frozen at start): the
     /// boundary queries take it as extra parameters after the batch size.
     pub capped: bool,
+    /// A sub-run of one shard (`distribution::shard_walk`): the batch's keys are also listed,
+    /// as the parameter after the high bound, so Citus routes the batch to that shard.
+    pub shard_filter: Option<ShardFilter<'a>>,
+}
+
+/// `column = ANY($n::array_type)`: the quoted key column and its array type's name.
+#[derive(Debug, Clone, Copy)]
+pub struct ShardFilter<'a> {
+    pub column: &'a str,
+    pub array_type: &'a str,
 }
 
 fn row(items: &[String]) -> String {
@@ -170,11 +180,22 @@ pub fn build(spec: &Spec) -> BatchSql {
         .scope
         .map(|s| format!(" AND (\n{s}\n)"))
         .unwrap_or_default();
+    let listed = spec
+        .shard_filter
+        .map(|f| {
+            format!(
+                " AND {} = ANY(${}::{})",
+                f.column,
+                spec.n_params + 2 * k + 1,
+                f.array_type
+            )
+        })
+        .unwrap_or_default();
     let range = |first: bool| {
         if first {
-            format!("{keys} <= {high}{scope}")
+            format!("{keys} <= {high}{listed}{scope}")
         } else {
-            format!("{keys} > {low} AND {keys} <= {high}{scope}")
+            format!("{keys} > {low} AND {keys} <= {high}{listed}{scope}")
         }
     };
     let action_for = |filter: String, cte_name: &str| match spec.kind {
@@ -287,6 +308,7 @@ mod tests {
             action: "SET email = lower(email)",
             kind: &ActionKind::Set,
             capped: false,
+            shard_filter: None,
         });
         assert_eq!(
             sql.boundary_next,
@@ -317,6 +339,34 @@ mod tests {
     }
 
     #[test]
+    fn shard_filter_lists_the_batch_keys() {
+        let keys = vec!["id".to_string()];
+        let sql = build(&Spec {
+            relation: "public.users",
+            keys: &keys,
+            plain_text: &[true],
+            n_params: 1,
+            scope: Some("age = $1"),
+            action: "SET n = n + 1",
+            kind: &ActionKind::Set,
+            capped: true,
+            shard_filter: Some(ShardFilter {
+                column: "id",
+                array_type: "bigint[]",
+            }),
+        });
+        assert_eq!(
+            sql.work_next,
+            "UPDATE public.users SET n = n + 1\nWHERE id > $2 AND id <= $3 AND id = ANY($4::bigint[]) AND (\nage = $1\n)"
+        );
+        assert!(sql
+            .rows_first
+            .contains("WHERE id <= $3 AND id = ANY($4::bigint[]) AND"));
+        // One row at a time needs no list: its key routes it.
+        assert!(!sql.work_row.contains("ANY"));
+    }
+
+    #[test]
     fn plain_text_keys_skip_key_text() {
         // Integers and text need no pinned settings; a timestamp next to them does.
         let keys = vec!["id".to_string(), "at".to_string()];
@@ -329,6 +379,7 @@ mod tests {
             action: "SET x = 1",
             kind: &ActionKind::Set,
             capped: false,
+            shard_filter: None,
         });
         assert!(sql
             .full_next
@@ -350,6 +401,7 @@ mod tests {
             action: "DELETE",
             kind: &ActionKind::Delete,
             capped: true,
+            shard_filter: None,
         });
         assert_eq!(
             sql.work_next,
@@ -379,6 +431,7 @@ mod tests {
             action,
             kind: &ActionKind::Statement { with_at: Some(4) },
             capped: false,
+            shard_filter: None,
         });
         let r = range("t", &keys, true, true);
         assert_eq!(

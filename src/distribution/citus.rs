@@ -151,3 +151,44 @@ pub fn recover_prepared() -> i64 {
     .flatten()
     .map_or(-1, i64::from)
 }
+
+/// A shard of a hash-distributed table, as a sub-run starts it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ShardSlice {
+    pub hash_min: i32,
+    pub hash_max: i32,
+    /// The node group holding the shard's (first) placement.
+    pub node_group: Option<i32>,
+}
+
+/// The shards of a hash-distributed table in hash order, with their nodes.
+pub fn shards(relation: pg_sys::Oid) -> DripResult<Vec<ShardSlice>> {
+    Ok(Spi::connect(|c| {
+        let t = c.select(
+            "SELECT s.shardminvalue::integer, s.shardmaxvalue::integer, \
+                    (SELECT min(pl.groupid) FROM pg_catalog.pg_dist_placement pl WHERE pl.shardid = s.shardid) \
+             FROM pg_catalog.pg_dist_shard s WHERE s.logicalrelid = $1 \
+             ORDER BY s.shardminvalue::integer",
+            None,
+            &[relation.into()],
+        )?;
+        t.map(|r| {
+            Ok(ShardSlice {
+                hash_min: r.get::<i32>(1)?.unwrap_or(i32::MIN),
+                hash_max: r.get::<i32>(2)?.unwrap_or(i32::MAX),
+                node_group: r.get::<i32>(3)?,
+            })
+        })
+        .collect::<Result<Vec<_>, pgrx::spi::SpiError>>()
+    })?)
+}
+
+/// The node group holding the shard that holds `hash` now (after moves and splits).
+pub fn node_of_hash(relation: pg_sys::Oid, hash: i32) -> DripResult<Option<i32>> {
+    Ok(Spi::get_one_with_args::<i32>(
+        "SELECT min(pl.groupid) FROM pg_catalog.pg_dist_shard s \
+           JOIN pg_catalog.pg_dist_placement pl ON pl.shardid = s.shardid \
+          WHERE s.logicalrelid = $1 AND $2 BETWEEN s.shardminvalue::integer AND s.shardmaxvalue::integer",
+        &[relation.into(), hash.into()],
+    )?)
+}

@@ -25,6 +25,7 @@
 //! decision logic, reachable from unit tests.
 
 pub mod citus;
+pub mod shard_walk;
 
 use pgrx::pg_sys;
 use serde_json::Value;
@@ -144,6 +145,27 @@ impl Placement {
             Placement::Local => Ok(()),
             Placement::Citus(_) => citus::begin_work(run_id, lock_timeout_ms, statement_timeout_ms),
         }
+    }
+
+    /// The sub-runs a run on this table starts with: one per shard when the table is
+    /// hash-distributed over several shards and walked by its distribution column, an integer
+    /// (see `shard_walk`); None otherwise (one walk over the key range, routed by Citus).
+    pub fn shard_slices(
+        &self,
+        relation: pg_sys::Oid,
+        key: &[(String, pg_sys::Oid)],
+    ) -> DripResult<Option<Vec<citus::ShardSlice>>> {
+        let Placement::Citus(table) = self else {
+            return Ok(None);
+        };
+        let walkable = table.kind == CitusKind::Distributed
+            && matches!(key, [(name, oid)] if Some(name) == table.column.as_ref()
+                && shard_walk::array_type(*oid).is_some());
+        if !walkable {
+            return Ok(None);
+        }
+        let shards = citus::shards(relation)?;
+        Ok((shards.len() > 1).then_some(shards))
     }
 
     /// An error that says "a node could not be reached, try again later".

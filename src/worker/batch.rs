@@ -179,6 +179,9 @@ impl Runner {
     /// The next batch's upper bound (inclusive) and how many keys it holds; None when done.
     /// Runs as the owner: RLS and privileges decide which keys the walk sees.
     pub(super) fn boundary(&mut self, batch_size: i32) -> Option<(Vec<String>, i64)> {
+        if self.shard.is_some() {
+            return self.shard_boundary(batch_size);
+        }
         let k = self.compiled.keys.len();
         let mut args = Vec::with_capacity(k + 1);
         let (full, last) = match &self.cursor {
@@ -218,6 +221,48 @@ impl Runner {
                 Some(r) => Ok(Some((read_key(&r)?, r.get::<i64>(k + 1)?.unwrap_or(0)))),
                 None => Ok(None),
             })
+        })
+        .or_raise_spi()
+    }
+
+    /// The next window of a shard sub-run (see `distribution::shard_walk`): computed here, no
+    /// query, except after a batch that changed nothing (or before the first), when the next
+    /// key of the table is looked up so a gap is jumped, not scanned.
+    fn shard_boundary(&mut self, batch_size: i32) -> Option<(Vec<String>, i64)> {
+        let int = |k: &Vec<String>| -> i64 {
+            k.first()
+                .and_then(|v| v.parse::<i64>().ok())
+                .ok_or_else(|| {
+                    DripError::Internal(format!("shard sub-run key {k:?} is not an integer"))
+                })
+                .or_raise()
+        };
+        let last = self.to_key.as_ref().map(int).unwrap_or(i64::MAX);
+        let mut after = self.cursor.as_ref().map(int);
+        let sub = self.shard.as_ref()?;
+        if sub.skip {
+            let next = self.next_key_after(after)?;
+            if next > last {
+                return None;
+            }
+            if next > i64::MIN {
+                after = Some(next - 1);
+                self.cursor = Some(vec![(next - 1).to_string()]);
+            }
+        }
+        let sub = self.shard.as_mut()?;
+        sub.skip = false;
+        let w = sub.next(after, last, batch_size as i64)?;
+        Some((vec![w.high.to_string()], w.candidates.len() as i64))
+    }
+
+    /// The smallest key of the table above `after` (as the owner); None when there is none.
+    fn next_key_after(&mut self, after: Option<i64>) -> Option<i64> {
+        let sql = self.compiled.next_key_sql(after.is_some());
+        let args: Vec<DatumWithOid> = after.into_iter().map(DatumWithOid::from).collect();
+        let walk_mode = self.placement.walk_plan_mode();
+        self.as_owner_with(walk_mode, |stmts| {
+            stmts.run(&sql, &args, |t| t.first().get_one::<i64>())
         })
         .or_raise_spi()
     }
@@ -274,6 +319,16 @@ impl Runner {
             ),
         }
         args.extend(self.key_args(&b.high));
+        // A shard sub-run lists the batch's keys, rebuilt from its bounds.
+        let listed = self.shard.as_ref().map(|sub| {
+            let int = |k: &[String]| k.first().and_then(|v| v.parse::<i64>().ok());
+            let high = int(&b.high).unwrap_or(i64::MIN);
+            sub.candidates(b.low.as_deref().and_then(int), high)
+        });
+        let listed_count = listed.as_ref().map_or(0, Vec::len);
+        if let Some(keys) = listed {
+            args.push(keys.into());
+        }
         let sql = if b.low.is_some() {
             self.compiled.sql.work_next.clone()
         } else {
@@ -305,6 +360,9 @@ impl Runner {
                 };
                 if let Some(a) = self.adaptive.as_mut() {
                     a.observe(b.keys, started.elapsed());
+                }
+                if let Some(sub) = self.shard.as_mut() {
+                    sub.observe(listed_count, counts.0 + counts.1);
                 }
                 counts
             });

@@ -9,7 +9,8 @@ use pgrx::JsonB;
 
 use crate::catalog::{self, RunRow, RUN_COLUMNS};
 use crate::compile::Definition;
-use crate::distribution::Placement;
+use crate::distribution::shard_walk::{HashRange, ShardSub};
+use crate::distribution::{self, Placement};
 use crate::error::{DripError, OrRaise};
 use crate::params;
 use crate::pg::extension;
@@ -138,6 +139,7 @@ pub(super) fn claim_locked(run_id: i64, slice: Option<i32>) -> Option<Runner> {
     })
     .or_raise()?;
     let (run, def, values, mut cursor, mut to_key, was) = claimed;
+    let mut shard = None;
     if was != "running" {
         catalog::notify_run(&run, None).or_raise();
     }
@@ -145,7 +147,8 @@ pub(super) fn claim_locked(run_id: i64, slice: Option<i32>) -> Option<Runner> {
         // The slice's own range and cursor.
         let row = Spi::connect(|c| {
             let t = c.select(
-                "SELECT low_key, high_key, cursor, done FROM drip.slices WHERE run_id = $1 AND slice = $2",
+                "SELECT low_key, high_key, cursor, done, hash_min, hash_max \
+                 FROM drip.slices WHERE run_id = $1 AND slice = $2",
                 None,
                 &[run_id.into(), n.into()],
             )?;
@@ -155,21 +158,27 @@ pub(super) fn claim_locked(run_id: i64, slice: Option<i32>) -> Option<Runner> {
                     r.get::<Vec<String>>(2)?,
                     r.get::<Vec<String>>(3)?,
                     r.get::<bool>(4)?.unwrap_or(false),
+                    r.get::<i32>(5)?.zip(r.get::<i32>(6)?),
                 ))),
                 None => Ok(None),
             }
         })
         .or_raise_spi();
-        let (low, high, slice_cursor, done) = row?;
+        let (low, high, slice_cursor, done, hashes) = row?;
         if done {
             return None;
         }
         cursor = slice_cursor.or(low);
         to_key = high;
+        shard = hashes.map(|(min, max)| ShardSub::new(HashRange { min, max }));
     }
 
     let def = Definition::from_json(&def).or_raise();
-    let compiled = def.compile_capped(to_key.is_some()).or_raise();
+    let compiled = match shard {
+        Some(_) => def.compile_shard(to_key.is_some()),
+        None => def.compile_capped(to_key.is_some()),
+    }
+    .or_raise();
     let param_texts = compiled
         .params
         .iter()
@@ -195,11 +204,22 @@ pub(super) fn claim_locked(run_id: i64, slice: Option<i32>) -> Option<Runner> {
         release_run(run_id);
         return None;
     }
-    let placement = Placement::of(pg_sys::Oid::from(def.relation_oid)).or_raise();
+    let relation = pg_sys::Oid::from(def.relation_oid);
+    let placement = Placement::of(relation).or_raise();
     placement.prepare_runner().or_raise();
+    if let (Some(sub), Some(n)) = (&shard, slice) {
+        // Where the shard is now (moves, splits): the scheduler's per-node cap reads it.
+        let node = distribution::citus::node_of_hash(relation, sub.range.min).or_raise();
+        Spi::run_with_args(
+            "UPDATE drip.slices SET node_group = $3 WHERE run_id = $1 AND slice = $2",
+            &[run_id.into(), n.into(), node.into()],
+        )
+        .or_raise_spi();
+    }
     Some(Runner {
         run_id,
         placement,
+        shard,
         transient_failures: 0,
         instance: extension::current()?,
         gone: false,

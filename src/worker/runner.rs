@@ -29,6 +29,7 @@ use pgrx::prelude::*;
 use crate::adaptive::Adaptive;
 use crate::catalog;
 use crate::compile::Compiled;
+use crate::distribution::shard_walk::ShardSub;
 use crate::distribution::Placement;
 use crate::error::{DripError, OrRaise};
 use crate::pg::identity::{self};
@@ -101,6 +102,8 @@ pub(super) struct Runner {
     pub(super) compiled: Compiled,
     /// Where the table lives (this node, or Citus shards): how to plan and commit batches.
     pub(super) placement: Placement,
+    /// A sub-run of one shard of a distributed table (None: a key-range walk).
+    pub(super) shard: Option<ShardSub>,
     /// Transient failures (an unreachable Citus worker) in a row, for their backoff.
     pub(super) transient_failures: i32,
     /// Text of each parameter value, for the type's input function.

@@ -76,6 +76,10 @@ struct Tick {
     running: usize,
     /// Work waiting for a worker: a run (slice None) or one slice of a parallel run.
     enqueued: Vec<(i64, Option<i32>)>,
+    /// The node group of slices that are sub-runs of a Citus shard, and how many such
+    /// sub-runs execute per node group now (for drip.max_runs_per_node).
+    node_of: HashMap<(i64, Option<i32>), i32>,
+    live_per_node: HashMap<i32, usize>,
     next_start_in: Option<Duration>,
 }
 
@@ -218,12 +222,28 @@ impl Scheduler {
         });
         let max = guc::MAX_RUNS.get().max(0) as usize;
         let mut free = max.saturating_sub(tick.running + self.launching.len());
+        // Shard sub-runs per node: those executing plus those launched and not yet claimed.
+        let per_node_cap = guc::MAX_RUNS_PER_NODE.get().max(1) as usize;
+        let mut per_node = tick.live_per_node.clone();
+        for unit in self.launching.keys() {
+            if let Some(g) = tick.node_of.get(unit) {
+                *per_node.entry(*g).or_default() += 1;
+            }
+        }
         for &unit in &tick.enqueued {
             if free == 0 {
                 break;
             }
             if self.launching.contains_key(&unit) {
                 continue;
+            }
+            let node = tick.node_of.get(&unit).copied();
+            if let Some(g) = node {
+                // Waits, enqueued, until a sub-run on its node ends.
+                if per_node.get(&g).copied().unwrap_or(0) >= per_node_cap {
+                    continue;
+                }
+                *per_node.entry(g).or_default() += 1;
             }
             let (id, slice) = unit;
             let Some(worker) = launch::launch_runner(self.db, id, slice) else {
@@ -299,6 +319,8 @@ fn tick(instance: &extension::Instance) -> Tick {
             has_work: false,
             running: 0,
             enqueued: vec![],
+            node_of: HashMap::new(),
+            live_per_node: HashMap::new(),
             next_start_in: None,
         };
     }
@@ -373,7 +395,7 @@ fn promote_pending() {
 
 /// What can run now, and when the next pending run is due.
 fn launchable() -> Tick {
-    let (running, enqueued, next_ms) = Spi::connect(|c| {
+    let (running, enqueued, node_of, live_per_node, next_ms) = Spi::connect(|c| {
         // Workers alive now (one per run, or one per slice of a parallel run).
         let running = c.select(LIVE_WORKERS_SQL, None, &[])?.first().get_one::<i64>()?.unwrap_or(0);
         let mut enqueued: Vec<(i64, Option<i32>)> = Vec::new();
@@ -384,17 +406,36 @@ fn launchable() -> Tick {
         )? {
             enqueued.push((r.get::<i64>(1)?.unwrap_or_default(), None));
         }
-        // Slices of parallel runs without a live worker.
+        // Slices of parallel runs without a live worker (with the node of a shard sub-run).
+        let mut node_of = HashMap::new();
         for r in c.select(
             &format!(
-                "SELECT s.run_id, s.slice FROM drip.slices s JOIN drip.runs r ON r.id = s.run_id \
+                "SELECT s.run_id, s.slice, s.node_group FROM drip.slices s JOIN drip.runs r ON r.id = s.run_id \
                  WHERE r.status IN ('enqueued', 'running') AND NOT s.done AND NOT {SLICE_ALIVE_SQL} \
                  ORDER BY s.run_id, s.slice"
             ),
             None,
             &[],
         )? {
-            enqueued.push((r.get::<i64>(1)?.unwrap_or_default(), r.get::<i32>(2)?));
+            let unit = (r.get::<i64>(1)?.unwrap_or_default(), r.get::<i32>(2)?);
+            if let Some(g) = r.get::<i32>(3)? {
+                node_of.insert(unit, g);
+            }
+            enqueued.push(unit);
+        }
+        let mut live_per_node: HashMap<i32, usize> = HashMap::new();
+        for r in c.select(
+            &format!(
+                "SELECT s.node_group, count(*) FROM drip.slices s JOIN drip.runs r ON r.id = s.run_id \
+                 WHERE r.status IN ('enqueued', 'running') AND s.node_group IS NOT NULL \
+                   AND NOT s.done AND {SLICE_ALIVE_SQL} GROUP BY s.node_group"
+            ),
+            None,
+            &[],
+        )? {
+            if let Some(g) = r.get::<i32>(1)? {
+                live_per_node.insert(g, r.get::<i64>(2)?.unwrap_or(0) as usize);
+            }
         }
         let next_ms = c
             .select(
@@ -407,7 +448,7 @@ fn launchable() -> Tick {
             )?
             .first()
             .get_one::<i64>()?;
-        Ok::<_, pgrx::spi::SpiError>((running, enqueued, next_ms))
+        Ok::<_, pgrx::spi::SpiError>((running, enqueued, node_of, live_per_node, next_ms))
     })
     .map_err(crate::error::DripError::from)
     .or_raise();
@@ -416,6 +457,8 @@ fn launchable() -> Tick {
         has_work: running > 0 || !enqueued.is_empty() || next_ms.is_some(),
         running: running as usize,
         enqueued,
+        node_of,
+        live_per_node,
         next_start_in: next_ms.map(|ms| Duration::from_millis(ms.max(0) as u64)),
     }
 }
