@@ -9,6 +9,9 @@ use std::time::{Duration, Instant};
 
 use postgres::{Client, NoTls};
 
+/// The 3-node Citus cluster of tests/citus.rs.
+pub mod citus;
+
 /// The server's bin directory: `DRIP_PG_BIN` (scripts/test.sh sets it per major version), else
 /// Debian's PostgreSQL 15.
 pub fn pg_bin() -> String {
