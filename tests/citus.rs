@@ -338,7 +338,8 @@ fn a_every_table_kind_exactly_once() {
 
 /// A gdb Python script: stop the runner where Citus has committed (one-phase) or prepared
 /// (two-phase) the transaction's remote work but the coordinator has not yet written its commit
-/// record (`XactLogCommitRecord` of the same transaction, told by its start timestamp), check
+/// record (`XactLogCommitRecord` while Citus's `CurrentCoordinatedTransactionState` is
+/// `COORD_TRANS_COMMITTED` or `COORD_TRANS_PREPARED`: the same transaction), check
 /// that this transaction's work really is out on the worker (rows committed there, or prepared
 /// transactions), and SIGKILL the backend there.
 fn gdb_script(cc: &CitusCluster, table: &str) -> String {
@@ -364,8 +365,9 @@ def done_rows():
     return int(q(COORD, 'SELECT count(*) FROM {table} WHERE n >= 1') or -1)
 def prepared():
     return sum(int(q(w, 'SELECT count(*) FROM pg_prepared_xacts') or 0) for w in WORKERS)
-def xact_start():
-    return int(gdb.parse_and_eval('(long) GetCurrentTransactionStartTimestamp()'))
+def coordinated_state():
+    # Citus's state of the transaction's remote work (reading memory; no inferior calls).
+    return str(gdb.parse_and_eval('CurrentCoordinatedTransactionState'))
 gdb.execute('set pagination off')
 gdb.execute('set confirm off')
 gdb.execute('set width 0')
@@ -377,15 +379,15 @@ killed = False
 for i in range(400):
     gdb.execute('continue')
     fn = gdb.selected_frame().name()
-    ts = xact_start()
     before = done_rows()
     for b in remote: b.enabled = False
     commit.enabled = True
     gdb.execute('continue')
-    same = xact_start() == ts
+    state = coordinated_state()
+    same = state in ('COORD_TRANS_COMMITTED', 'COORD_TRANS_PREPARED')
     after = done_rows()
     prep = prepared()
-    print('DRIP-WINDOW %d: %s, same transaction %s, rows done on the workers %d -> %d, prepared on the workers %d' % (i, fn, same, before, after, prep))
+    print('DRIP-WINDOW %d: %s, then XactLogCommitRecord with Citus state %s, rows done on the workers %d -> %d, prepared on the workers %d' % (i, fn, state, before, after, prep))
     commit.enabled = False
     if same and (after > before or prep > 0):
         print('DRIP-KILL in the window after %s' % fn)
