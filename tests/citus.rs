@@ -640,13 +640,14 @@ fn during_run(
 ) {
     let t = Instant::now();
     let mut c = cc.connect();
+    // Slow (batches of 100, 150 ms apart) while the operation runs, fast once it is over.
     let run = start_run(
         &mut c,
         name,
         table,
         "SET n = n + 1",
-        200,
-        "40 milliseconds",
+        100,
+        "150 milliseconds",
         1,
         "",
     );
@@ -661,6 +662,11 @@ fn during_run(
         s == "running" && done < rows,
         "{name}: the run was no longer running when the operation ended ({s}, {done} rows): make it slower"
     );
+    c.execute(
+        "SELECT drip.alter($1, batch_size => 1000, sleep => '0')",
+        &[&run],
+    )
+    .unwrap();
     let status = wait_finished(&cc.coord, run, RUN_TIMEOUT).unwrap();
     let ex = exact(&mut c, table, run);
     println!(
@@ -671,12 +677,13 @@ fn during_run(
 }
 
 /// `citus_move_shard_placement` (logical replication) of two shards, `citus_rebalance_start`
-/// on an imbalanced table, and `citus_split_shard_by_split_points`, each mid-run: every row once.
+/// (block_writes) on an imbalanced table, and `citus_split_shard_by_split_points` (logical
+/// replication), each mid-run on its own 16-shard table: every row once.
 #[test]
 #[ignore]
 fn e_move_rebalance_split_mid_run() {
     let t0 = Instant::now();
-    const ROWS: i64 = 40_000;
+    const ROWS: i64 = 30_000;
     let cc = CitusCluster::start("moves");
     let (n1, n2) = (cc.node_id(0), cc.node_id(1));
     let mut c = cc.connect();
@@ -732,7 +739,10 @@ fn e_move_rebalance_split_mid_run() {
     during_run(&cc, "rebalance", "k_reb", ROWS, |a| {
         let t = Instant::now();
         let job: Option<i64> = a
-            .query_one("SELECT citus_rebalance_start()", &[])
+            .query_one(
+                "SELECT citus_rebalance_start(shard_transfer_mode => 'block_writes')",
+                &[],
+            )
             .unwrap()
             .get(0);
         a.batch_execute("SELECT citus_rebalance_wait()").unwrap();

@@ -1,7 +1,8 @@
 //! A Citus cluster owned by a test: a coordinator and two workers, each its own `Cluster`
 //! (separate data directories under `target/citus/NAME/`, loopback ports, trust authentication),
 //! started with `shared_preload_libraries = 'citus,data_drip'` (Citus first), prepared
-//! transactions enabled and `wal_level = logical` (shard moves through logical replication).
+//! transactions enabled and `wal_level = logical` (shard moves and splits through logical
+//! replication; where the server has Debian's `output_plugin_libraries`, `citus` is added to it).
 //! `CREATE EXTENSION citus` runs on all three; the coordinator registers itself and both
 //! workers; `CREATE EXTENSION data_drip` runs on the coordinator only.
 //!
@@ -45,8 +46,18 @@ impl CitusCluster {
             .map(|i| Cluster::create_in(&parent, &format!("w{i}")))
             .collect();
         let cc = CitusCluster { coord, workers };
+        // Debian's 15.20 only lets the libraries named in output_plugin_libraries (default
+        // 'pgoutput, test_decoding') be logical decoding output plugins; Citus's non-blocking
+        // shard split decodes with its own library. Servers without the setting need nothing.
+        let describe = cc.coord.pg("postgres", &["--describe-config"]);
+        let plugins = String::from_utf8_lossy(&describe.stdout)
+            .lines()
+            .any(|l| l.starts_with("output_plugin_libraries\t"));
         for node in cc.nodes() {
             node.set_conf(NODE_CONF);
+            if plugins {
+                node.set_conf("output_plugin_libraries = 'pgoutput, test_decoding, citus'");
+            }
             node.start();
             node.connect(DB)
                 .batch_execute("CREATE EXTENSION citus")
