@@ -127,6 +127,9 @@ CREATE TABLE drip.slices (
     hash_min   integer,          -- a Citus shard's sub-run: the hash range it owns (inclusive)
     hash_max   integer,
     node_group integer,          -- the Citus node group holding that shard when last resolved
+    rows_done    bigint NOT NULL DEFAULT 0,  -- a shard sub-run's counters (the run's are their sums)
+    rows_failed  bigint NOT NULL DEFAULT 0,
+    batches_done bigint NOT NULL DEFAULT 0,
     PRIMARY KEY (run_id, slice)
 );
 COMMENT ON TABLE drip.slices IS 'Slices of parallel runs (start(..., parallel => N)): contiguous key ranges, one worker and one cursor each; on a Citus distributed table, one sub-run per shard (hash_min..hash_max), at most drip.max_runs_per_node of them per node at once.';

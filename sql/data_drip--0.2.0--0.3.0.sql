@@ -11,4 +11,7 @@
 ALTER TABLE drip.slices ADD COLUMN hash_min integer;
 ALTER TABLE drip.slices ADD COLUMN hash_max integer;
 ALTER TABLE drip.slices ADD COLUMN node_group integer;
+ALTER TABLE drip.slices ADD COLUMN rows_done bigint NOT NULL DEFAULT 0;
+ALTER TABLE drip.slices ADD COLUMN rows_failed bigint NOT NULL DEFAULT 0;
+ALTER TABLE drip.slices ADD COLUMN batches_done bigint NOT NULL DEFAULT 0;
 COMMENT ON TABLE drip.slices IS 'Slices of parallel runs (start(..., parallel => N)): contiguous key ranges, one worker and one cursor each; on a Citus distributed table, one sub-run per shard (hash_min..hash_max), at most drip.max_runs_per_node of them per node at once.';

@@ -22,6 +22,9 @@ pub static NOTIFY_PAYLOAD: GucSetting<NotifyPayload> =
 /// Most runs executing at once in one database; more wait as `enqueued`.
 pub static MAX_RUNS: GucSetting<i32> = GucSetting::<i32>::new(2);
 
+/// Whether runs on hash-distributed Citus tables get one sub-run per shard.
+pub static CITUS_SUB_RUNS: GucSetting<bool> = GucSetting::<bool>::new(true);
+
 /// How many sub-runs of Citus shards may write to one node at once.
 pub static MAX_RUNS_PER_NODE: GucSetting<i32> = GucSetting::<i32>::new(1);
 
@@ -49,6 +52,14 @@ pub fn define(in_preload: bool) {
         0,
         1024,
         GucContext::Sighup,
+        GucFlags::default(),
+    );
+    GucRegistry::define_bool_guc(
+        c"drip.citus_sub_runs",
+        c"Whether a run on a hash-distributed Citus table gets one sub-run per shard.",
+        c"Read by drip.start. Off: the table is walked as one key range from the coordinator, every batch reaching every shard (exactly once too, but several times slower); for comparison, and for integer keys so sparse that per-shard windows find few rows.",
+        &CITUS_SUB_RUNS,
+        GucContext::Userset,
         GucFlags::default(),
     );
     GucRegistry::define_int_guc(

@@ -9,12 +9,15 @@ use serde_json::Value;
 
 use crate::catalog;
 use crate::compile::{Compiled, Definition};
+use crate::distribution::shard_walk::{next_window, HashRange};
+use crate::distribution::{CitusKind, Placement};
 use crate::error::{DripResult, OrRaise};
 use crate::params;
 use crate::pg::{identity, types};
 use crate::security;
 
-/// rows_in_scope, batches, boundary_sql, batch_sql, boundary_plan, batch_plan, warning.
+/// rows_in_scope, batches, boundary_sql, batch_sql, boundary_plan, batch_plan, warning,
+/// distribution.
 type PlanRow = (
     Option<i64>,
     Option<i64>,
@@ -22,6 +25,7 @@ type PlanRow = (
     String,
     String,
     String,
+    Option<String>,
     Option<String>,
 );
 
@@ -41,6 +45,7 @@ fn plan(
         name!(boundary_plan, String),
         name!(batch_plan, String),
         name!(warning, Option<String>),
+        name!(distribution, Option<String>),
     ),
 > {
     TableIterator::once(
@@ -126,7 +131,7 @@ fn plan_definition(
             compiled.keys.iter().map(|k| k.name.as_str()).collect::<Vec<_>>().join(", ")
         )
         });
-    Ok((
+    let row = (
         rows_in_scope,
         batches,
         compiled.sql.full_next.clone(),
@@ -134,12 +139,99 @@ fn plan_definition(
         boundary_plan,
         batch_plan,
         warning,
-    ))
+        None,
+    );
+    distributed_plan(def, &compiled, row, first.as_ref(), batch_size, &param_args)
 }
 
-/// Planner estimate of all rows of the relation (keys to walk).
+/// On a Citus table: what runs where. A table walked per shard gets the sub-run's batch
+/// statement and its plan for the first shard's first window (one task, one node); a table
+/// walked as one range gets a warning that every batch fans out to its shards.
+fn distributed_plan(
+    def: &Definition,
+    compiled: &Compiled,
+    mut row: PlanRow,
+    first: Option<&Vec<String>>,
+    batch_size: i64,
+    param_args: &dyn Fn(&Compiled) -> DripResult<Vec<DatumWithOid<'static>>>,
+) -> DripResult<PlanRow> {
+    let relation = pg_sys::Oid::from(def.relation_oid);
+    let placement = Placement::of(relation)?;
+    let Placement::Citus(table) = &placement else {
+        return Ok(row);
+    };
+    let key_columns: Vec<(String, pg_sys::Oid)> = compiled
+        .keys
+        .iter()
+        .map(|k| (k.name.clone(), k.type_oid))
+        .collect();
+    let shards = placement.shard_slices(relation, &key_columns)?;
+    let mut text = format!(
+        "Citus {} table: {} shard(s) on {} node(s)",
+        table.kind.as_str(),
+        table.shards,
+        table.nodes
+    );
+    match shards {
+        Some(shards) => {
+            text.push_str(&format!(
+                "; one sub-run per shard ({}), at most drip.max_runs_per_node ({}) writing to one node at once; \
+                 each batch lists the keys of one shard in a key window and is routed to that shard alone, \
+                 committed with two-phase commit",
+                shards.len(),
+                crate::guc::MAX_RUNS_PER_NODE.get()
+            ));
+            let shard = def.compile_shard(false)?;
+            let start = first
+                .and_then(|k| k.first())
+                .and_then(|v| v.parse::<i64>().ok());
+            if let (Some(start), Some(s)) = (start, shards.first()) {
+                let range = HashRange {
+                    min: s.hash_min,
+                    max: s.hash_max,
+                };
+                let after = start.checked_sub(1);
+                if let Some(w) = next_window(range, after, i64::MIN, i64::MAX, batch_size as usize)
+                {
+                    let mut args = param_args(&shard)?;
+                    args.push(DatumWithOid::from(after.unwrap_or(i64::MIN)));
+                    args.push(DatumWithOid::from(w.high));
+                    args.push(w.candidates.into());
+                    row.3 = shard.sql.work_next.clone();
+                    row.5 = explain(&shard.sql.work_next, &args)?;
+                }
+            }
+            row.2 = String::new();
+            row.4 = "none: a sub-run computes the keys of its shard in each key window".into();
+            row.6 = None;
+        }
+        None => {
+            text.push_str("; walked as one key range from the coordinator");
+            if table.kind == CitusKind::Distributed {
+                row.6 = Some(format!(
+                    "every batch reaches all {} shards (the boundary query reads up to batch_size keys from each): \
+                     per-shard sub-runs need a single integer key that is the distribution column{}",
+                    table.shards,
+                    table
+                        .column
+                        .as_deref()
+                        .map(|c| format!(" ({c})"))
+                        .unwrap_or_default()
+                ));
+            }
+        }
+    }
+    row.7 = Some(text);
+    Ok(row)
+}
+
+/// Planner estimate of all rows of the relation (keys to walk); a distributed table's comes
+/// from its shards' own plans (Citus's top-level estimate is a constant).
 fn estimate_all(compiled: &Compiled) -> Option<i64> {
     let plan = Spi::explain(&format!("SELECT 1 FROM {}", compiled.relation)).ok()?;
+    if let Some(rows) = crate::distribution::distributed_estimate(&plan.0) {
+        return Some(rows);
+    }
     plan.0
         .get(0)?
         .get("Plan")?

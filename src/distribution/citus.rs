@@ -7,7 +7,7 @@
 //! worker and the batch (and its cursor advance) rolled back on the coordinator: the batch would
 //! be done twice. Citus switches to two-phase commit as soon as the transaction also writes a
 //! shard placed on the coordinator (local execution). So every batch on a Citus table writes its
-//! run's row in `drip_citus.commit_anchor`, a Citus local table: the workers `PREPARE`, the
+//! runner's row in `drip_citus.commit_anchor` (one row per runner process), a Citus local table: the workers `PREPARE`, the
 //! coordinator commits (recording the prepared transactions in `pg_dist_transaction`), then the
 //! workers `COMMIT PREPARED`. Whatever crashes when, Citus's recovery commits or rolls back the
 //! prepared work as the coordinator's commit record says, and the batch row follows the same
@@ -104,7 +104,7 @@ pub fn ensure_anchor() -> DripResult<()> {
         "CREATE SCHEMA IF NOT EXISTS drip_citus; \
          REVOKE ALL ON SCHEMA drip_citus FROM PUBLIC; \
          CREATE TABLE IF NOT EXISTS drip_citus.commit_anchor ( \
-             run_id bigint PRIMARY KEY, \
+             pid integer PRIMARY KEY, \
              batches bigint NOT NULL DEFAULT 0); \
          COMMENT ON TABLE drip_citus.commit_anchor IS \
              'data_drip: written by every batch on a Citus table so that Citus commits the batch with two-phase commit'",
@@ -122,7 +122,7 @@ pub fn ensure_anchor() -> DripResult<()> {
 /// inside the GUC nest level of its work (so they are undone for the bookkeeping that follows):
 /// the backfill's timeouts as `SET LOCAL` (Citus sends them to every worker connection of the
 /// transaction), and the run's anchor row (two-phase commit, see the module comment).
-pub fn begin_work(run_id: i64, lock_timeout_ms: i64, statement_timeout_ms: i64) -> DripResult<()> {
+pub fn begin_work(lock_timeout_ms: i64, statement_timeout_ms: i64) -> DripResult<()> {
     // Integers the engine formats itself: SET takes no parameters.
     Spi::run(&format!(
         "SET LOCAL citus.propagate_set_commands = 'local'; \
@@ -131,10 +131,11 @@ pub fn begin_work(run_id: i64, lock_timeout_ms: i64, statement_timeout_ms: i64) 
         lock_timeout_ms.max(0),
         statement_timeout_ms.max(0)
     ))?;
-    Spi::run_with_args(
-        "INSERT INTO drip_citus.commit_anchor AS a (run_id, batches) VALUES ($1, 1) \
-         ON CONFLICT (run_id) DO UPDATE SET batches = a.batches + 1",
-        &[run_id.into()],
+    // Keyed by the runner's process: concurrent runners (the sub-runs of one run among them)
+    // never wait for each other's commits on an anchor row.
+    Spi::run(
+        "INSERT INTO drip_citus.commit_anchor AS a (pid, batches) VALUES (pg_catalog.pg_backend_pid(), 1) \
+         ON CONFLICT (pid) DO UPDATE SET batches = a.batches + 1",
     )?;
     Ok(())
 }

@@ -122,12 +122,10 @@ impl Placement {
         citus::placement_of(relation)
     }
 
-    /// Before a runner's first batch: what its batches need (the commit anchor), and what a
-    /// crashed runner of the run may have left (prepared transactions holding its rows).
+    /// Before a runner's first batch: what its batches need (the commit anchor).
     pub fn prepare_runner(&self) -> DripResult<()> {
         if self.is_citus() {
             citus::ensure_anchor()?;
-            citus::recover_prepared();
         }
         Ok(())
     }
@@ -135,15 +133,10 @@ impl Placement {
     /// The first statements of a batch's work (in its transaction, inside the GUC nest level
     /// of the work): nothing on this node; on Citus, the timeouts for the workers and the
     /// commit anchor.
-    pub fn begin_work(
-        &self,
-        run_id: i64,
-        lock_timeout_ms: i64,
-        statement_timeout_ms: i64,
-    ) -> DripResult<()> {
+    pub fn begin_work(&self, lock_timeout_ms: i64, statement_timeout_ms: i64) -> DripResult<()> {
         match self {
             Placement::Local => Ok(()),
-            Placement::Citus(_) => citus::begin_work(run_id, lock_timeout_ms, statement_timeout_ms),
+            Placement::Citus(_) => citus::begin_work(lock_timeout_ms, statement_timeout_ms),
         }
     }
 
@@ -158,7 +151,8 @@ impl Placement {
         let Placement::Citus(table) = self else {
             return Ok(None);
         };
-        let walkable = table.kind == CitusKind::Distributed
+        let walkable = crate::guc::CITUS_SUB_RUNS.get()
+            && table.kind == CitusKind::Distributed
             && matches!(key, [(name, oid)] if Some(name) == table.column.as_ref()
                 && shard_walk::array_type(*oid).is_some());
         if !walkable {

@@ -17,6 +17,44 @@ mod tests {
     #[pg_test]
     fn boot() {}
 
+    /// The hash a shard sub-run computes for its keys is PostgreSQL's own hashint8 (which Citus
+    /// uses to place integer values), for every kind of value: small, negative, past 32 bits,
+    /// and the extremes.
+    #[pg_test]
+    fn shard_walk_hash_is_hashint8() {
+        use crate::distribution::shard_walk::int_key_hash;
+        let mut values: Vec<i64> = (-5000..5000).collect();
+        for shift in 0..63 {
+            values.push(1i64 << shift);
+            values.push(-(1i64 << shift));
+            values.push((1i64 << shift) + 12345);
+        }
+        values.extend([
+            i64::MIN,
+            i64::MAX,
+            i64::MIN + 1,
+            i64::MAX - 1,
+            i32::MIN as i64,
+            i32::MAX as i64,
+        ]);
+        let expected = Spi::get_one_with_args::<Vec<i32>>(
+            "SELECT array_agg(hashint8(v) ORDER BY o) FROM unnest($1::bigint[]) WITH ORDINALITY AS u(v, o)",
+            &[values.clone().into()],
+        )
+        .unwrap()
+        .unwrap();
+        let ours: Vec<i32> = values.iter().map(|v| int_key_hash(*v)).collect();
+        assert_eq!(ours, expected);
+        // Narrower integer types hash alike (Citus uses the column type's own hash function).
+        let narrow = Spi::get_one::<bool>(
+            "SELECT bool_and(hashint4(v::int4) = hashint8(v) AND (v NOT BETWEEN -32768 AND 32767 OR hashint2(v::int2) = hashint8(v))) \
+             FROM generate_series(-100000, 100000) v",
+        )
+        .unwrap()
+        .unwrap();
+        assert!(narrow);
+    }
+
     #[pg_test]
     fn register_stores_the_canonical_definition() {
         Spi::run("CREATE TABLE t_reg (id int PRIMARY KEY, v int)").unwrap();

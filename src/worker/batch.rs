@@ -48,6 +48,9 @@ impl Runner {
     /// `mark_next` in a transaction that already found the catalog current (and holds the
     /// lock that keeps it so).
     fn mark_next_on_current(&mut self) -> Step {
+        if self.shard.is_some() {
+            self.sync_sub_run_counters();
+        }
         let Some(state) = self.lock_state() else {
             release_run(self.run_id);
             return Step::Exit;
@@ -109,6 +112,10 @@ impl Runner {
                     .or_raise_spi()
                     .unwrap_or(0);
                 if left > 0 {
+                    if self.shard.is_some() {
+                        // A shard sub-run goes on with another shard of its node.
+                        return Step::Next;
+                    }
                     release_run(self.run_id);
                     return Step::Exit;
                 }
@@ -162,6 +169,26 @@ impl Runner {
             },
             settings,
         )
+    }
+
+    /// A run of shard sub-runs counts in its slice rows, each committed with its batch: the run
+    /// row's counters are their sums, brought up to date here (under the run row's lock, before
+    /// the run's state is read), so they are exact at every mark and when the run completes,
+    /// whatever crashed in between.
+    fn sync_sub_run_counters(&mut self) {
+        self.stmts
+            .exec(
+                "UPDATE drip.runs r SET rows_done = s.rows_done, rows_failed = s.rows_failed, \
+                        batches_done = s.batches_done \
+                 FROM (SELECT coalesce(sum(rows_done), 0)::bigint AS rows_done, \
+                              coalesce(sum(rows_failed), 0)::bigint AS rows_failed, \
+                              coalesce(sum(batches_done), 0)::bigint AS batches_done \
+                       FROM drip.slices WHERE run_id = $1) s \
+                 WHERE r.id = $1 AND (r.rows_done, r.rows_failed, r.batches_done) \
+                       IS DISTINCT FROM (s.rows_done, s.rows_failed, s.batches_done)",
+                &[self.run_id.into()],
+            )
+            .or_raise_spi();
     }
 
     pub(super) fn batch_payload(&self, status: BatchStatus, no: i64, rows: i64) -> String {
@@ -343,7 +370,6 @@ impl Runner {
                 // Inside this nest level: undone for the bookkeeping below.
                 self.placement
                     .begin_work(
-                        self.run_id,
                         settings.lock_timeout_ms,
                         settings.statement_timeout.as_millis() as i64,
                     )
@@ -374,8 +400,18 @@ impl Runner {
             .as_ref()
             .map(|a| a.next_size(settings.batch_size as i64) as i32);
         let payload = self.batch_payload(BatchStatus::Completed, b.no, rows);
-        // A slice advances its own cursor; a whole run, the run's.
-        let sql = if self.slice.is_some() {
+        // A slice advances its own cursor; a whole run, the run's. A shard sub-run leaves the
+        // run row alone: it counts in its slice row (no two sub-runs wait on each other's
+        // commits for the run row), and the run's counters are summed from its slices when the
+        // next batch is marked (`sync_sub_run_counters`).
+        let sql = if self.shard.is_some() {
+            "WITH b AS (UPDATE drip.batches SET status = 'completed', rows = $3, \
+                          finished_at = clock_timestamp() WHERE run_id = $1 AND batch_no = $2), \
+                  s AS (UPDATE drip.slices SET cursor = $4, rows_done = rows_done + $3, \
+                          rows_failed = rows_failed + $7, batches_done = batches_done + 1 \
+                        WHERE run_id = $1 AND slice = $8) \
+             SELECT drip.emit($6)"
+        } else if self.slice.is_some() {
             "WITH b AS (UPDATE drip.batches SET status = 'completed', rows = $3, \
                           finished_at = clock_timestamp() WHERE run_id = $1 AND batch_no = $2), \
                   s AS (UPDATE drip.slices SET cursor = $4 WHERE run_id = $1 AND slice = $8), \
@@ -419,7 +455,9 @@ impl Runner {
     pub(super) fn work_then_mark(&mut self, b: &Batch, settings: &Settings) -> (i64, Option<Step>) {
         let failed = self.work(b, settings);
         let run_fails = failed > 0 && !self.skip_row_errors;
-        if !settings.sleep.is_zero() || run_fails {
+        // A shard sub-run marks in a transaction of its own: marking locks the run row, which
+        // its sibling sub-runs mark under too, and this transaction ends in a two-phase commit.
+        if !settings.sleep.is_zero() || run_fails || self.shard.is_some() {
             return (failed, None);
         }
         let before = self.marking_state();

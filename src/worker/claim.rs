@@ -13,9 +13,9 @@ use crate::distribution::shard_walk::{HashRange, ShardSub};
 use crate::distribution::{self, Placement};
 use crate::error::{DripError, OrRaise};
 use crate::params;
-use crate::pg::extension;
+use crate::pg::{extension, wake};
 use crate::status::{BatchStatus, RunStatus};
-use crate::worker::locks::{run_key, runner_lock};
+use crate::worker::locks::{run_key, runner_lock, SLICE_ALIVE_SQL};
 use crate::worker::runner::{Batch, OrRaiseSpi, Runner, CLAIM_WAIT};
 use crate::worker::statements::StatementCache;
 
@@ -207,6 +207,11 @@ pub(super) fn claim_locked(run_id: i64, slice: Option<i32>) -> Option<Runner> {
     let relation = pg_sys::Oid::from(def.relation_oid);
     let placement = Placement::of(relation).or_raise();
     placement.prepare_runner().or_raise();
+    if retry.is_some() {
+        // Its runner died mid-batch: on Citus the batch may be left prepared on a worker,
+        // holding its rows until resolved.
+        placement.release_prepared();
+    }
     if let (Some(sub), Some(n)) = (&shard, slice) {
         // Where the shard is now (moves, splits): the scheduler's per-node cap reads it.
         let node = distribution::citus::node_of_hash(relation, sub.range.min).or_raise();
@@ -271,4 +276,98 @@ pub(super) fn interrupted_batch(run: &RunRow, slice: Option<i32>) -> Option<Batc
         catalog::notify_batch(run, BatchStatus::Failed, b.no, 0, Some("interrupted")).or_raise();
     }
     found
+}
+
+/// A shard sub-run whose shard is done takes another shard of the same run on the same node
+/// that no runner holds, instead of exiting: a new runner would cost a worker start, a claim
+/// and the planning of its statements (about 0.1 s, as much as thirty batches). Returns false
+/// when there is none (the runner then exits). The per-node cap holds: the runner keeps writing
+/// to the node it was admitted for.
+pub(super) fn take_next_slice(runner: &mut Runner) -> bool {
+    let Some(current) = runner.slice else {
+        return false;
+    };
+    if runner.shard.is_none() {
+        return false;
+    }
+    let candidates = Spi::connect(|c| {
+        let t = c.select(
+            &format!(
+                "SELECT s.slice FROM drip.slices s \
+                 WHERE s.run_id = $1 AND NOT s.done AND s.hash_min IS NOT NULL AND s.slice <> $2 \
+                   AND s.node_group IS NOT DISTINCT FROM \
+                       (SELECT o.node_group FROM drip.slices o WHERE o.run_id = $1 AND o.slice = $2) \
+                   AND NOT {SLICE_ALIVE_SQL} ORDER BY s.slice"
+            ),
+            None,
+            &[runner.run_id.into(), current.into()],
+        )?;
+        t.map(|r| r.get::<i32>(1).map(|v| v.unwrap_or_default()))
+            .collect::<Result<Vec<i32>, _>>()
+    })
+    .or_raise_spi();
+    for next in candidates {
+        let got = Spi::get_one_with_args::<bool>(
+            "SELECT pg_catalog.pg_try_advisory_lock($1, $2)",
+            &[
+                runner_lock(Some(next)).into(),
+                run_key(runner.run_id).into(),
+            ],
+        )
+        .or_raise_spi()
+        .unwrap_or(false);
+        if !got {
+            continue;
+        }
+        let row = Spi::connect(|c| {
+            let t = c.select(
+                "SELECT low_key, high_key, cursor, done, hash_min, hash_max \
+                 FROM drip.slices WHERE run_id = $1 AND slice = $2",
+                None,
+                &[runner.run_id.into(), next.into()],
+            )?;
+            match t.into_iter().next() {
+                Some(r) => Ok::<_, pgrx::spi::SpiError>(Some((
+                    r.get::<Vec<String>>(1)?,
+                    r.get::<Vec<String>>(2)?,
+                    r.get::<Vec<String>>(3)?,
+                    r.get::<bool>(4)?.unwrap_or(false),
+                    r.get::<i32>(5)?.zip(r.get::<i32>(6)?),
+                ))),
+                None => Ok(None),
+            }
+        })
+        .or_raise_spi();
+        let Some((low, high, cursor, false, Some((min, max)))) = row else {
+            // Finished meanwhile (or not a shard): let it go and look at the next one.
+            wake::release_session_advisory(runner_lock(Some(next)), run_key(runner.run_id));
+            continue;
+        };
+        wake::release_session_advisory(runner_lock(Some(current)), run_key(runner.run_id));
+        runner.slice = Some(next);
+        runner.cursor = cursor.or(low);
+        runner.to_key = high;
+        runner.shard = Some(ShardSub::new(HashRange { min, max }));
+        runner.retry = None;
+        Spi::run_with_args(
+            "SELECT pg_catalog.set_config('application_name', $1, false)",
+            &[format!("data_drip runner: run {} slice {next}", runner.run_id).into()],
+        )
+        .or_raise_spi();
+        // A batch its last runner left running is an interrupted attempt, as at a claim.
+        if let Some(run) = catalog::read_run(runner.run_id).or_raise() {
+            let interrupted = interrupted_batch(&run, Some(next));
+            if interrupted
+                .as_ref()
+                .is_some_and(|b| b.attempts > runner.max_attempts)
+            {
+                // Its attempts are used up: leave it to a claim, which fails the run.
+                runner.retry = None;
+                return false;
+            }
+            runner.retry = interrupted;
+        }
+        return true;
+    }
+    false
 }

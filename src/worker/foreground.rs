@@ -201,7 +201,8 @@ pub(crate) fn fg_step(run_id: i64) -> DripResult<FgStep> {
             with_runner(run_id, |r| r.sleep(wait))?;
             FgStep::Hold
         }
-        Step::Exit => {
+        // Next: only shard sub-runs, which are parallel runs drip.finish refuses.
+        Step::Exit | Step::Next => {
             fg_release(run_id);
             FgStep::Done
         }

@@ -35,7 +35,7 @@ use crate::error::{DripError, OrRaise};
 use crate::pg::identity::{self};
 use crate::pg::{extension, signals, transaction, wake};
 use crate::status::RunStatus;
-use crate::worker::claim::{claim, fail_run, fail_unrecordable};
+use crate::worker::claim::{claim, fail_run, fail_unrecordable, release_run, take_next_slice};
 use crate::worker::health::announce_throttled;
 use crate::worker::launch;
 use crate::worker::statements::StatementCache;
@@ -157,6 +157,8 @@ pub(super) enum Step {
     Batch(Batch, Settings),
     /// A health signal tripped: look again after this long.
     Hold(Duration),
+    /// This shard sub-run is done and others of the run are not: take one of them.
+    Next,
     Exit,
 }
 
@@ -175,6 +177,13 @@ impl Runner {
             };
             let pause = match step {
                 Ok(Step::Exit) => None,
+                Ok(Step::Next) => match transaction::run(|| take_next_slice(&mut self)) {
+                    Ok(true) => Some(Duration::ZERO),
+                    _ => {
+                        let _ = transaction::run(|| release_run(self.run_id));
+                        None
+                    }
+                },
                 Ok(Step::Hold(wait)) => Some(wait),
                 Ok(Step::Batch(batch, settings)) => {
                     boundary_failures = 0;
