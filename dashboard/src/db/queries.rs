@@ -278,6 +278,17 @@ pub async fn run(db: &Client, id: i64) -> AppResult<Option<RunRow>> {
     }
 }
 
+/// Whether row-level security shows the viewer run `id`.
+pub async fn run_visible(db: &Client, id: i64) -> AppResult<bool> {
+    Ok(db
+        .query_one(
+            "SELECT EXISTS (SELECT 1 FROM drip.runs WHERE id = $1)",
+            &[&id],
+        )
+        .await?
+        .try_get(0)?)
+}
+
 #[derive(Clone, Debug)]
 pub struct RunDetail {
     pub params: serde_json::Value,

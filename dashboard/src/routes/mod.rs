@@ -20,6 +20,7 @@ use serde::Deserialize;
 use crate::auth::Viewer;
 use crate::db::queries::{self, Rights};
 use crate::error::{AppError, AppResult};
+use crate::host::HostPolicy;
 use crate::views::pages::Chrome;
 use crate::{assets, live, AppState};
 
@@ -29,7 +30,7 @@ pub const CSP: &str =
 connect-src 'self'; font-src 'self'; object-src 'none'; base-uri 'none'; form-action 'self'; \
 frame-ancestors 'none'";
 
-pub fn router(state: Arc<AppState>) -> Router {
+pub fn router(state: Arc<AppState>, hosts: Arc<HostPolicy>) -> Router {
     Router::new()
         .route("/", get(runs::list))
         .route("/backfills", get(backfills::list))
@@ -50,6 +51,8 @@ pub fn router(state: Arc<AppState>) -> Router {
             Arc::clone(&state),
             crate::auth::gate,
         ))
+        // Outermost but for the headers: a foreign Host gets nothing else.
+        .layer(middleware::from_fn_with_state(hosts, crate::host::guard))
         .layer(middleware::from_fn(security_headers))
         .with_state(state)
 }
@@ -105,7 +108,8 @@ async fn live_stream(
             queries::head_cursor(&db).await?
         }
     };
-    Ok(live::stream(Arc::clone(&state.hub), viewer.pool, cursor).into_response())
+    let signed_out = viewer.signed_out();
+    Ok(live::stream(Arc::clone(&state.hub), viewer.pool, cursor, signed_out).into_response())
 }
 
 /// The frame of a page for this viewer.
@@ -120,9 +124,10 @@ pub fn chrome(
         title,
         nav,
         role: rights.role.clone(),
+        superuser: rights.superuser,
         multi_user: state.config.multi_user,
         read_only: state.config.read_only,
-        csrf: viewer.session.csrf.clone(),
+        csrf: viewer.csrf.clone(),
         cursor: String::new(),
         live_src: String::new(),
         live_run: 0,

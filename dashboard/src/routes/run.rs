@@ -49,9 +49,7 @@ pub async fn show(
         queries::run(&db, id).await?,
         queries::run_detail(&db, id).await?,
     ) else {
-        return Err(AppError::not_found(format!(
-            "No run {id} that your role may see."
-        )));
+        return Err(run_not_found(id));
     };
     let now = fmt::now_epoch();
     let errors_only = q.errors.as_deref() == Some("1");
@@ -197,6 +195,20 @@ async fn run_stats(
     Ok(stats)
 }
 
+/// A run the viewer may not see answers exactly like one that does not exist (404, no name,
+/// no owner), before any drip.* function is asked.
+pub async fn require_visible(db: &tokio_postgres::Client, id: i64) -> AppResult<()> {
+    if queries::run_visible(db, id).await? {
+        Ok(())
+    } else {
+        Err(run_not_found(id))
+    }
+}
+
+pub fn run_not_found(id: i64) -> AppError {
+    AppError::not_found(format!("run {id} does not exist"))
+}
+
 #[derive(Deserialize)]
 pub struct ControlForm {
     return_to: Option<String>,
@@ -212,6 +224,7 @@ pub async fn control(
     let action = Control::parse(&action)
         .ok_or_else(|| AppError::not_found(format!("no action “{action}”")))?;
     let db = viewer.pool.get().await?;
+    require_visible(&db, id).await?;
     queries::control(&db, action, id).await?;
     let back = safe_return(form.return_to.as_deref(), &format!("/runs/{id}"));
     Ok(Redirect::to(&back).into_response())
@@ -240,6 +253,7 @@ pub async fn alter(
         .map(str::trim)
         .filter(|s| !s.is_empty());
     let db = viewer.pool.get().await?;
+    require_visible(&db, id).await?;
     queries::alter(&db, id, batch_size, sleep).await?;
     Ok(Redirect::to(&format!("/runs/{id}")).into_response())
 }

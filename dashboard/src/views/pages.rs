@@ -16,6 +16,8 @@ pub struct Chrome {
     pub title: String,
     pub nav: &'static str,
     pub role: String,
+    /// The viewer's role is a superuser (row-level security does not apply to it).
+    pub superuser: bool,
     pub multi_user: bool,
     pub read_only: bool,
     pub csrf: String,
