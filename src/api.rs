@@ -477,7 +477,7 @@ fn split_points(
 
 /// Key values given as text in the caller's notation: a JSON array for a composite key, or one
 /// value. Returns them checked and in the canonical text the engine stores.
-fn key_values(
+pub(crate) fn key_values(
     compiled: &compile::Compiled,
     what: &'static str,
     text: &str,
@@ -682,7 +682,7 @@ fn start_planned(
     if let Some(after) = range.after {
         security::as_catalog(|| {
             let awaited = catalog::lock_run(after)?;
-            security::check_control(caller, catalog::run_owner(after)?, &awaited.backfill)
+            security::check_run_control(caller, after, catalog::run_owner(after)?, &awaited.backfill)
         })?;
     }
 
@@ -793,7 +793,7 @@ pub(crate) fn estimate_rows(
 /// be allowed to control it (42501). Runs as the catalog owner.
 fn lock_run_for_caller(run_id: i64, caller: pg_sys::Oid) -> DripResult<catalog::RunRow> {
     let run = catalog::lock_run(run_id)?;
-    security::check_control(caller, catalog::run_owner(run_id)?, &run.backfill)?;
+    security::check_run_control(caller, run_id, catalog::run_owner(run_id)?, &run.backfill)?;
     Ok(run)
 }
 

@@ -108,6 +108,16 @@ pub enum DripError {
     RunBusy(i64),
     #[error("the data_drip library is version {library} but this database's catalog is version {catalog}")]
     CatalogVersion { library: String, catalog: String },
+    /// An ERROR the action (or the key walk, as the owner) raised in `drip.preview`, passed
+    /// on with its own SQLSTATE, message, detail and hint.
+    #[error("{message}")]
+    PreviewFailed {
+        backfill: String,
+        message: String,
+        sqlstate: PgSqlErrorCode,
+        detail: Option<String>,
+        hint: Option<String>,
+    },
     #[error("{0}")]
     Internal(String),
 }
@@ -155,6 +165,7 @@ impl DripError {
             DripError::ConcurrentStart(_) => ERRCODE_OBJECT_IN_USE,
             DripError::WaitInOwnTransaction(_) => ERRCODE_INVALID_TRANSACTION_STATE,
             DripError::WaitsForRun { .. } => ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+            DripError::PreviewFailed { sqlstate, .. } => *sqlstate,
             DripError::Internal(_) => ERRCODE_INTERNAL_ERROR,
         }
     }
@@ -246,8 +257,20 @@ impl DripError {
                 "Run ALTER EXTENSION data_drip UPDATE TO '{library}' in this database (the package was upgraded, the catalog not yet)."
             ),
             DripError::BadOption(_) => "batch_size must be at least 1 and sleep must not be negative.".into(),
+            DripError::PreviewFailed { hint: Some(hint), .. } => hint.clone(),
+            DripError::PreviewFailed { backfill, .. } => format!(
+                "drip.preview ran the action of backfill \"{backfill}\" as its owner and rolled it back: nothing was changed. A run would fail the same way."
+            ),
             _ => return None,
         })
+    }
+
+    /// Detail for the error report, where there is one to pass on.
+    pub fn detail(&self) -> Option<String> {
+        match self {
+            DripError::PreviewFailed { detail, .. } => detail.clone(),
+            _ => None,
+        }
     }
 
     /// Raise as a Postgres ERROR. Does not return.
@@ -255,6 +278,9 @@ impl DripError {
         let mut report = ErrorReport::new(self.sqlstate(), self.to_string(), "data_drip");
         if let Some(hint) = self.hint() {
             report = report.set_hint(hint);
+        }
+        if let Some(detail) = self.detail() {
+            report = report.set_detail(detail);
         }
         report.report(PgLogLevel::ERROR);
         unreachable!("ereport(ERROR) returned")

@@ -25,6 +25,7 @@ pub mod params;
 pub mod pg;
 pub mod placeholders;
 mod plan;
+mod preview;
 mod rows;
 pub mod security;
 pub mod status;

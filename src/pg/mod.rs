@@ -7,6 +7,7 @@ pub mod extension;
 pub mod identity;
 pub mod parse;
 pub mod preload;
+pub mod scratch;
 pub mod settings;
 pub mod signals;
 pub mod subxact;

@@ -11,6 +11,7 @@ mod edges;
 mod engine;
 mod events;
 mod features;
+mod preview;
 mod private_events;
 mod resilience;
 mod security;
