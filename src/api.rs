@@ -682,7 +682,12 @@ fn start_planned(
     if let Some(after) = range.after {
         security::as_catalog(|| {
             let awaited = catalog::lock_run(after)?;
-            security::check_run_control(caller, after, catalog::run_owner(after)?, &awaited.backfill)
+            security::check_run_control(
+                caller,
+                after,
+                catalog::run_owner(after)?,
+                &awaited.backfill,
+            )
         })?;
     }
 

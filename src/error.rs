@@ -98,6 +98,9 @@ pub enum DripError {
     },
     #[error("permission denied for backfill \"{backfill}\"")]
     PermissionDenied { backfill: String, owner: String },
+    /// A name with a zero-width, bidirectional or control character (see `security`).
+    #[error("{0}")]
+    InvisibleName(String),
     #[error("owner role of backfill \"{0}\" no longer exists")]
     OwnerGone(String),
     #[error("timed out waiting for run {run_id} (it is {status})")]
@@ -155,6 +158,7 @@ impl DripError {
             DripError::PermissionDenied { .. } | DripError::OwnerGone(_) => {
                 ERRCODE_INSUFFICIENT_PRIVILEGE
             }
+            DripError::InvisibleName(_) => ERRCODE_INVALID_NAME,
             DripError::WaitTimedOut { .. } => ERRCODE_QUERY_CANCELED,
             DripError::NotCompleted { .. } => ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
             DripError::RunBusy(_) => ERRCODE_OBJECT_IN_USE,
