@@ -6,8 +6,13 @@
 //! the batch's key range (as the owner: row-level security and privileges apply) before and
 //! after the action, and reports the rows that differ: the changed columns' values before and
 //! after, the whole row for a deleted (after NULL) or inserted (before NULL) row. It stops once
-//! it has `rows` changed rows or the key range ends. Nothing is committed, the catalog is not
-//! written, and the locks the action took end with the subtransaction.
+//! it has `rows` changed rows or the key range ends. Nothing is committed, the catalog is not written,
+//! and the locks the action took end with the subtransaction.
+//!
+//! Batches start at `rows` keys (or the backfill's batch_size if smaller) and double, up to
+//! batch_size, while they change nothing. Row-by-row actions (SET, DELETE, element mode) change
+//! the same rows whatever the batch boundaries; a statement action sees smaller `drip_batch`
+//! sets than a run would.
 //!
 //! What it cannot show: a statement action's changes outside the batch's key range or to other
 //! tables. What a rollback cannot undo: sequences advance, user functions' non-transactional
@@ -125,7 +130,8 @@ fn preview_impl(
             owner: def.owner(),
             search_path: &search_path,
             row_mode: def.mode == "row",
-            batch: preview_batch(limits.batch_size, rows),
+            batch_size: limits.batch_size.max(1),
+            first_batch: preview_batch(limits.batch_size, rows),
             statement_timeout: limits.statement_timeout,
         };
         // Convert every value now, with its type's input function, so a bad value fails here
@@ -159,10 +165,23 @@ fn limits(name: &str) -> DripResult<Limits> {
     .ok_or_else(|| DripError::UnknownBackfill(name.to_string()))
 }
 
-/// Keys per preview batch: the backfill's batch size, but no more than the rows asked for (a
-/// preview of 20 rows need not run the action over 10,000).
+/// Keys in the first preview batch: the backfill's batch size, but no more than the rows asked
+/// for (a preview of 20 rows need not run the action over 10,000).
 pub fn preview_batch(batch_size: i64, rows: i32) -> i64 {
     batch_size.min(i64::from(rows)).max(1)
+}
+
+/// Keys in the next preview batch: twice as many after a batch that changed nothing (a scope
+/// that matches few rows is crossed in few statements), up to the backfill's batch size.
+pub fn next_batch(current: i64, changed: usize, batch_size: i64) -> i64 {
+    if changed > 0 {
+        current
+    } else {
+        current
+            .saturating_mul(2)
+            .min(batch_size)
+            .max(current.min(batch_size))
+    }
 }
 
 /// The key walk of a preview: the runner's boundary and work statements with bound values.
@@ -173,7 +192,9 @@ struct Walk<'a> {
     owner: pg_sys::Oid,
     search_path: &'a str,
     row_mode: bool,
-    batch: i64,
+    /// The backfill's batch size, and the keys in the preview's first batch.
+    batch_size: i64,
+    first_batch: i64,
     statement_timeout: Duration,
 }
 
@@ -191,17 +212,7 @@ impl Walk<'_> {
         // Where the walk was when an ERROR came, for the error's detail.
         let mut at: Option<String> = None;
         let outcome = settings::with(&[(c"lock_timeout", lock_timeout.as_str())], || {
-            scratch::rolled_back(|| {
-                identity::run_as_with(
-                    self.owner,
-                    Restriction::Restricted,
-                    &[
-                        (c"search_path", self.search_path),
-                        (c"plan_cache_mode", "auto"),
-                    ],
-                    || self.walk(cursor, rows, &mut at),
-                )
-            })
+            scratch::rolled_back(|| self.walk(cursor, rows, &mut at))
         });
         match outcome {
             Ok(changes) => changes,
@@ -215,6 +226,20 @@ impl Walk<'_> {
         }
     }
 
+    /// Run the user-facing part as the backfill's owner, as a runner does: a security-restricted
+    /// operation with the owner's search_path.
+    fn as_owner<R>(&self, f: impl FnOnce() -> R) -> R {
+        identity::run_as_with(
+            self.owner,
+            Restriction::Restricted,
+            &[
+                (c"search_path", self.search_path),
+                (c"plan_cache_mode", "auto"),
+            ],
+            f,
+        )
+    }
+
     fn walk(
         &self,
         mut cursor: Option<Vec<String>>,
@@ -222,18 +247,21 @@ impl Walk<'_> {
         at: &mut Option<String>,
     ) -> DripResult<Vec<RowChange>> {
         let mut changes = Vec::new();
+        let mut batch = self.first_batch;
         while changes.len() < rows {
-            let Some(high) = self.boundary(cursor.as_ref())? else {
+            let Some(high) = self.as_owner(|| self.boundary(cursor.as_ref(), batch))? else {
                 break;
             };
             *at = Some(describe_range(cursor.as_ref(), &high));
-            let before = self.snapshot(cursor.as_ref(), &high)?;
+            let before = self.as_owner(|| self.snapshot(cursor.as_ref(), &high))?;
             {
                 let _limit = scratch::NestedStatementTimeout::arm(self.statement_timeout);
-                self.work(cursor.as_ref(), &high, at)?;
+                self.as_owner(|| self.work(cursor.as_ref(), &high, at))?;
             }
-            let after = self.snapshot(cursor.as_ref(), &high)?;
-            changes.extend(diff_rows(before, after));
+            let after = self.as_owner(|| self.snapshot(cursor.as_ref(), &high))?;
+            let found = diff_rows(before, after);
+            batch = next_batch(batch, found.len(), self.batch_size);
+            changes.extend(found);
             cursor = Some(high);
         }
         changes.truncate(rows);
@@ -254,13 +282,17 @@ impl Walk<'_> {
     }
 
     /// The batch's upper key (inclusive), as the runner finds it; None past the last key.
-    fn boundary(&self, cursor: Option<&Vec<String>>) -> DripResult<Option<Vec<String>>> {
+    fn boundary(
+        &self,
+        cursor: Option<&Vec<String>>,
+        batch: i64,
+    ) -> DripResult<Option<Vec<String>>> {
         let sql = &self.compiled.sql;
         let (full, last, mut args) = match cursor {
             None => (&sql.full_first, &sql.boundary_first, Vec::new()),
             Some(c) => (&sql.full_next, &sql.boundary_next, self.key_args(c)?),
         };
-        args.push(DatumWithOid::from(self.batch));
+        args.push(DatumWithOid::from(batch));
         match self.read_keys(full, &args)?.into_iter().next() {
             Some(high) => Ok(Some(high)),
             None => Ok(self.read_keys(last, &args)?.into_iter().next()),
@@ -577,5 +609,11 @@ mod tests {
         assert_eq!(preview_batch(1000, 20), 20);
         assert_eq!(preview_batch(5, 20), 5);
         assert_eq!(preview_batch(1000, 1), 1);
+        // They grow while they change nothing, up to the backfill's batch size.
+        assert_eq!(next_batch(20, 0, 1000), 40);
+        assert_eq!(next_batch(20, 3, 1000), 20);
+        assert_eq!(next_batch(640, 0, 1000), 1000);
+        assert_eq!(next_batch(1000, 0, 1000), 1000);
+        assert_eq!(next_batch(5, 0, 5), 5);
     }
 }

@@ -314,7 +314,11 @@ fn a_failing_action_returns_its_own_error_and_changes_nothing() {
          SELECT name FROM drip.register('pv_fail_lock', 'pv_fail', 'SET n = n + 1', lock_timeout => '100ms');
          SELECT name FROM drip.register('pv_fail_slow', 'pv_fail', 'SET n = n + (SELECT 0 FROM pg_sleep(0.3))',
              statement_timeout => '200ms');
-         SELECT name FROM drip.register('pv_fail_ok', 'pv_fail', 'SET n = n + 1', statement_timeout => '1s');",
+         SELECT name FROM drip.register('pv_fail_ok', 'pv_fail', 'SET n = n + 1', statement_timeout => '1s');
+         DROP TABLE IF EXISTS pv_defer;
+         CREATE TABLE pv_defer (id int PRIMARY KEY, u int UNIQUE DEFERRABLE INITIALLY DEFERRED);
+         INSERT INTO pv_defer SELECT g, g FROM generate_series(1, 10) g;
+         SELECT name FROM drip.register('pv_fail_defer', 'pv_defer', 'SET u = 1');",
     );
     let table = table_state(&mut db, "pv_fail");
 
@@ -342,6 +346,18 @@ fn a_failing_action_returns_its_own_error_and_changes_nothing() {
             );
         }
     }
+
+    // A deferred constraint: the action runs in a security-restricted operation, where
+    // Postgres refuses deferred triggers, exactly as in a run's batch (which fails the same way).
+    let (code, message) = error(&mut db.c, "SELECT * FROM drip.preview('pv_fail_defer')");
+    assert_eq!(
+        (code.as_str(), message.as_str()),
+        (
+            "42501",
+            "cannot fire deferred trigger within security-restricted operation"
+        )
+    );
+    assert_eq!(db.i64("SELECT count(DISTINCT u) FROM pv_defer"), 10);
 
     // The backfill's lock_timeout: a row locked by another session stops the preview promptly.
     let mut holder = connect();
@@ -442,4 +458,51 @@ fn preview_runs_as_the_owner_under_row_level_security() {
     let (code, _) = error(&mut db.c, "SELECT * FROM drip.preview('pv_rls')");
     assert_eq!(code, "42501");
     assert_eq!(table_state(&mut db, "pv_rls"), table, "the table changed");
+}
+
+#[test]
+fn preview_of_a_partitioned_table_with_a_timestamp_key() {
+    let mut db = db();
+    db.exec(
+        "DROP TABLE IF EXISTS pv_part;
+         CREATE TABLE pv_part (at timestamptz NOT NULL, id int NOT NULL, v numeric NOT NULL,
+                               PRIMARY KEY (at, id)) PARTITION BY RANGE (at);
+         CREATE TABLE pv_part_1 PARTITION OF pv_part FOR VALUES FROM ('2024-01-01') TO ('2024-02-01');
+         CREATE TABLE pv_part_2 PARTITION OF pv_part FOR VALUES FROM ('2024-02-01') TO ('2024-03-01');
+         INSERT INTO pv_part SELECT timestamptz '2024-01-30 00:00:00+00' + g * interval '1 day', g, 1.0
+           FROM generate_series(1, 6) g;
+         SELECT drip.unregister(name) FROM drip.backfills WHERE name = 'pv_part';
+         SELECT name FROM drip.register('pv_part', 'pv_part', 'SET v = v * 1.50', scope => 'id % 2 = 1');",
+    );
+    let table = table_state(&mut db, "pv_part");
+    db.exec("SET TimeZone = 'America/New_York'");
+    // Keys as drip.batches shows them (canonical, in UTC, whatever the session's TimeZone);
+    // rows from both partitions; numbers with their exact text.
+    let rows = preview(&mut db.c, "drip.preview('pv_part', rows => 2)");
+    let (old, new): (Value, Value) = (
+        serde_json::from_str(r#"{"v": 1.0}"#).unwrap(),
+        serde_json::from_str(r#"{"v": 1.500}"#).unwrap(),
+    );
+    assert_eq!(
+        rows,
+        vec![
+            (
+                "2024-01-31 00:00:00+00,1".into(),
+                Some(old.clone()),
+                Some(new.clone())
+            ),
+            ("2024-02-02 00:00:00+00,3".into(), Some(old), Some(new)),
+        ]
+    );
+    // from_key in the caller's notation (here the session's time zone), exclusive.
+    let rows = preview(
+        &mut db.c,
+        "drip.preview('pv_part', from_key => '[\"2024-02-01 19:00:00-05\", 3]')",
+    );
+    assert_eq!(
+        rows.iter().map(|r| r.0.as_str()).collect::<Vec<_>>(),
+        ["2024-02-04 00:00:00+00,5"]
+    );
+    db.exec("RESET TimeZone");
+    assert_eq!(table_state(&mut db, "pv_part"), table, "the table changed");
 }
