@@ -41,6 +41,7 @@ pub fn router(state: Arc<AppState>, hosts: Arc<HostPolicy>) -> Router {
         )
         .route("/runs/{id}", get(run::show))
         .route("/runs/{id}/alter", post(run::alter))
+        .route("/runs/{id}/error", get(run::full_error))
         .route("/runs/{id}/{action}", post(run::control))
         .route("/live", get(live_stream))
         .route("/login", get(session::login_form).post(session::login))

@@ -101,7 +101,8 @@ pub async fn show(
         sparkline: svg::sparkline(&queries::throughput(&db, id, 60).await?),
         timeline: svg::timeline(&stats.marks),
         timeline_note,
-        run_error: detail.error.clone().unwrap_or_default(),
+        run_error: fmt::clip(detail.error.as_deref().unwrap_or(""), fmt::ERROR_ON_PAGE).0,
+        run_error_cut: fmt::clip(detail.error.as_deref().unwrap_or(""), fmt::ERROR_ON_PAGE).1,
         errors: stats.errors,
         batches,
         errors_only,
@@ -207,6 +208,40 @@ pub async fn require_visible(db: &tokio_postgres::Client, id: i64) -> AppResult<
 
 pub fn run_not_found(id: i64) -> AppError {
     AppError::not_found(format!("run {id} does not exist"))
+}
+
+#[derive(Deserialize)]
+pub struct ErrorQuery {
+    batch: Option<i64>,
+}
+
+/// `GET /runs/{id}/error[?batch=N]`: the whole error text the pages cut short, as plain text
+/// (the run's, or one batch's), read as the viewer.
+pub async fn full_error(
+    viewer: Viewer,
+    Path(id): Path<i64>,
+    Query(q): Query<ErrorQuery>,
+) -> AppResult<Response> {
+    let db = viewer.pool.get().await?;
+    require_visible(&db, id).await?;
+    let text = match q.batch {
+        Some(no) => queries::batch_error(&db, id, no).await?,
+        None => queries::run_error(&db, id).await?,
+    };
+    let Some(text) = text else {
+        return Err(AppError::not_found(match q.batch {
+            Some(no) => format!("batch {no} of run {id} has no error"),
+            None => format!("run {id} has no error"),
+        }));
+    };
+    Ok((
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; charset=utf-8",
+        )],
+        text,
+    )
+        .into_response())
 }
 
 #[derive(Deserialize)]
