@@ -14,6 +14,7 @@ pub mod error;
 pub mod host;
 pub mod live;
 pub mod login;
+pub mod metrics;
 pub mod routes;
 pub mod server;
 pub mod throttle;
@@ -33,6 +34,8 @@ pub struct AppState {
     pub base: ConnectSpec,
     /// Single-user mode's pool; multi-user pools are per role, in `pools`.
     pub shared_pool: Option<Arc<Pool>>,
+    /// `--metrics`: the pool `/metrics` reads with (the database URL's role).
+    pub metrics_pool: Option<Arc<Pool>>,
     pub pools: Pools,
     pub sessions: auth::Sessions,
     pub throttle: throttle::LoginThrottle,
@@ -64,6 +67,7 @@ impl AppState {
         } else {
             Some(pools.standalone(base.clone()))
         };
+        let metrics_pool = config.metrics.then(|| pools.standalone(base.clone()));
         let secure_cookies = match &config.public_url {
             Some(u) => host::PublicUrl::parse(u)?.https,
             None => false,
@@ -76,6 +80,7 @@ impl AppState {
             config,
             base,
             shared_pool,
+            metrics_pool,
             pools,
             throttle: throttle::LoginThrottle::default(),
             anon_csrf,

@@ -44,6 +44,7 @@ pub fn router(state: Arc<AppState>, hosts: Arc<HostPolicy>) -> Router {
         .route("/runs/{id}/error", get(run::full_error))
         .route("/runs/{id}/{action}", post(run::control))
         .route("/live", get(live_stream))
+        .route("/metrics", get(crate::metrics::serve))
         .route("/login", get(session::login_form).post(session::login))
         .route("/logout", post(session::logout))
         .route("/assets/{file}", get(assets::serve))
