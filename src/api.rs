@@ -794,8 +794,9 @@ pub(crate) fn estimate_rows(
         .map(|f| f.round() as i64)
 }
 
-/// Lock a run for a change by the current caller: it must exist (42704) and the caller must
-/// be allowed to control it (42501). Runs as the catalog owner.
+/// Lock a run for a change by the current caller: it must exist and the caller must be allowed
+/// to control it, else 42704 either way (see `security::check_run_control`). Runs as the
+/// catalog owner.
 fn lock_run_for_caller(run_id: i64, caller: pg_sys::Oid) -> DripResult<catalog::RunRow> {
     let run = catalog::lock_run(run_id)?;
     security::check_run_control(caller, run_id, catalog::run_owner(run_id)?, &run.backfill)?;
