@@ -37,7 +37,8 @@ pub async fn prove_passwords_are_checked(base: &ConnectSpec) -> Result<(), Strin
         roles.push(base.user());
     }
     for role in roles {
-        let spec = base.with_login(&role, random.as_bytes());
+        let mut spec = base.with_login(&role, random.as_bytes());
+        spec.config.application_name("drip-dashboard probe");
         match spec.connect().await {
             Ok(_) => {
                 return Err(format!(
@@ -78,7 +79,9 @@ pub async fn sign_in(
         state.throttle.failed(user, addr);
         return Err(refuse("empty role name or password".into()));
     }
-    let spec = state.base.with_login(user, password.as_bytes());
+    let mut spec = state.base.with_login(user, password.as_bytes());
+    // The same name as the pool's connections: this one joins the pool.
+    spec.config.application_name("drip-dashboard");
     let permit = state.pools.budget.permit().await?;
     let client = match spec.connect().await {
         Ok(c) => c,
@@ -136,7 +139,10 @@ pub async fn recheck_sessions(state: &Arc<AppState>) {
             state.sessions.remove_role(&role);
             continue;
         };
-        let Some(spec) = pool.spec() else { continue };
+        let Some(mut spec) = pool.spec() else {
+            continue;
+        };
+        spec.config.application_name("drip-dashboard session check");
         let Ok(_permit) = state.pools.budget.permit().await else {
             continue;
         };

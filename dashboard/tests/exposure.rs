@@ -302,7 +302,7 @@ async fn one_pool_per_role_holds_at_most_its_cap() {
     let s = db.superuser().await;
     let held: i64 = s
         .query_one(
-            "SELECT count(*) FROM pg_stat_activity WHERE usename = $1 AND application_name = 'drip-dashboard'",
+            "SELECT count(*) FROM pg_stat_activity WHERE usename = $1 AND application_name LIKE 'drip-dashboard%'",
             &[&db.alice],
         )
         .await
