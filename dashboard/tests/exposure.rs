@@ -369,10 +369,13 @@ async fn logout_clears_the_cookie_and_ends_that_sessions_streams() {
         "{removal}"
     );
     assert!(stream.ends_within(Duration::from_secs(5)).await);
-    // The old cookie is worth nothing now.
+    // The old cookie is worth nothing now; logging out again (another tab) just clears it.
     let mut replay = Http::new(&server.url(""));
     replay.cookie = Some(cookie);
     assert_eq!(replay.get("/").await.status, 303);
+    let again = replay.post("/logout", &[("csrf", &csrf)]).await;
+    assert_eq!(again.status, 303);
+    assert_eq!(again.location(), "/login");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
