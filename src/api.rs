@@ -123,6 +123,7 @@ fn register_internal(
     throttle_query: Option<&str>,
     mode: Option<&str>,
     on_row_error: Option<&str>,
+    undo: Option<bool>,
 ) {
     let call = || -> DripResult<()> {
         let definition = NewBackfill {
@@ -139,6 +140,7 @@ fn register_internal(
             throttle_query: throttle_query.filter(|q| !q.trim().is_empty()),
             mode: required(mode, "mode")?,
             on_row_error: required(on_row_error, "on_row_error")?,
+            undo: required(undo, "undo")?,
         };
         let options = BatchOptions {
             batch_size: required(batch_size, "batch_size")?,
@@ -168,6 +170,8 @@ struct NewBackfill<'a> {
     throttle_query: Option<&'a str>,
     mode: &'a str,
     on_row_error: &'a str,
+    /// Runs keep undo data by default (drip.revert).
+    undo: bool,
 }
 
 fn register_impl(def: &NewBackfill, options: &BatchOptions, replace: bool) -> DripResult<()> {
@@ -212,6 +216,7 @@ fn register_impl(def: &NewBackfill, options: &BatchOptions, replace: bool) -> Dr
     // Parsed, analyzed and planned as the caller: Postgres checks the caller's privileges for
     // every object the scope and action touch (UPDATE for SET, DELETE for DELETE, ...).
     compiled.validate(def.mode == "row")?;
+    crate::undo::check_supported(&compiled, def.undo)?;
     let throttle_query = def
         .throttle_query
         .map(compile::throttle_query)
@@ -263,9 +268,9 @@ fn insert_backfill(
             "INSERT INTO drip.backfills AS b (name, relation, action, action_kind, scope, params, key, \
                  batch_size, sleep, max_attempts, description, owner, lock_timeout, statement_timeout, \
                  search_path, target_batch_time, min_batch_size, max_batch_size, max_replica_lag, \
-                 throttle_query, mode, on_row_error) \
+                 throttle_query, mode, on_row_error, undo) \
              VALUES ($1, $2::oid::regclass, $3, $4, $5, $6, $7, $8, $9, $10, $11, $14::oid::regrole, \
-                 $12, $13, $15, $16, $17, $18, $19, $20, $21, $22) \
+                 $12, $13, $15, $16, $17, $18, $19, $20, $21, $22, $23) \
              ON CONFLICT (name) DO UPDATE SET relation = excluded.relation, action = excluded.action, \
                  action_kind = excluded.action_kind, scope = excluded.scope, params = excluded.params, \
                  key = excluded.key, batch_size = excluded.batch_size, sleep = excluded.sleep, \
@@ -275,7 +280,7 @@ fn insert_backfill(
                  target_batch_time = excluded.target_batch_time, min_batch_size = excluded.min_batch_size, \
                  max_batch_size = excluded.max_batch_size, max_replica_lag = excluded.max_replica_lag, \
                  throttle_query = excluded.throttle_query, mode = excluded.mode, \
-                 on_row_error = excluded.on_row_error, \
+                 on_row_error = excluded.on_row_error, undo = excluded.undo, \
                  updated_at = now()",
             None,
             &[
@@ -301,6 +306,7 @@ fn insert_backfill(
                 extras.throttle_query.into(),
                 def.mode.into(),
                 def.on_row_error.into(),
+                def.undo.into(),
             ],
         )
         .map(|_| ())
@@ -328,6 +334,15 @@ fn unregister_impl(name: &str) -> DripResult<()> {
         }
         Spi::run_with_args(
             "DELETE FROM drip.batches WHERE run_id IN (SELECT id FROM drip.runs WHERE backfill = $1)",
+            &[name.into()],
+        )?;
+        // Undo data and revert conflicts of its runs go with them.
+        Spi::run_with_args(
+            "DELETE FROM drip.undo WHERE run_id IN (SELECT id FROM drip.runs WHERE backfill = $1)",
+            &[name.into()],
+        )?;
+        Spi::run_with_args(
+            "DELETE FROM drip.revert_conflicts WHERE run_id IN (SELECT id FROM drip.runs WHERE backfill = $1)",
             &[name.into()],
         )?;
         Spi::run_with_args("DELETE FROM drip.backfills WHERE name = $1", &[name.into()])?;
@@ -358,6 +373,7 @@ fn start(
     follow_inserts: default!(Option<bool>, false),
     after: default!(Option<i64>, "NULL"),
     parallel: default!(Option<i32>, 1),
+    undo: default!(Option<bool>, "NULL"),
 ) -> i64 {
     let (name, follow_inserts, parallel) = match (
         required(name, "name"),
@@ -384,6 +400,7 @@ fn start(
         max_batch_size,
         max_replica_lag,
         throttle_query: throttle_query.filter(|q| !q.trim().is_empty()),
+        undo,
     };
     finish_call(start_impl(name, params, &overrides, &range, start_at, note))
 }
@@ -530,6 +547,8 @@ struct RunOverrides<'a> {
     max_batch_size: Option<i32>,
     max_replica_lag: Option<Interval>,
     throttle_query: Option<&'a str>,
+    /// Keep undo data (NULL: the backfill's setting).
+    undo: Option<bool>,
 }
 
 impl RunOverrides<'_> {
@@ -638,6 +657,12 @@ fn start_planned(
         .map(compile::throttle_query)
         .transpose()?;
     let compiled = def.compile()?;
+    crate::undo::check_supported(
+        &compiled,
+        overrides
+            .undo
+            .unwrap_or_else(|| definition.get("undo").and_then(Value::as_bool) == Some(true)),
+    )?;
     let decls: Vec<params::ParamDecl> = compiled.params.iter().map(|(d, _)| d.clone()).collect();
     let values = values.map(|j| j.0).unwrap_or(Value::Null);
     let effective = params::effective_values(&decls, &values)?;
@@ -701,13 +726,13 @@ fn start_planned(
                 "INSERT INTO drip.runs (backfill, status, params, batch_size, sleep, definition, note, \
                  start_at, rows_estimated, lock_timeout, statement_timeout, owner, started_by, \
                  target_batch_time, min_batch_size, max_batch_size, max_replica_lag, throttle_query, \
-                 cursor, to_key, follow_inserts, after_run, parallel) \
+                 cursor, to_key, follow_inserts, after_run, parallel, undo) \
              SELECT b.name, CASE WHEN $5 > now() OR $20::bigint IS NOT NULL THEN 'pending' ELSE 'enqueued' END, $2, \
                     coalesce($3, b.batch_size), coalesce($4, b.sleep), $6, $7, $5, $8, \
                     coalesce($9, b.lock_timeout), coalesce($10, b.statement_timeout), b.owner, $11, \
                     coalesce($12, b.target_batch_time), coalesce($13, b.min_batch_size), \
                     coalesce($14, b.max_batch_size), coalesce($15, b.max_replica_lag), \
-                    coalesce($16, b.throttle_query), $17, $18, $19, $20, $21 \
+                    coalesce($16, b.throttle_query), $17, $18, $19, $20, $21, coalesce($22, b.undo) \
              FROM drip.backfills b WHERE b.name = $1 \
              RETURNING {}",
                 catalog::RUN_COLUMNS
@@ -735,6 +760,7 @@ fn start_planned(
                 range.follow_inserts.into(),
                 range.after.into(),
                 slices.into(),
+                overrides.undo.into(),
             ],
         )?;
                 Ok::<_, DripError>(catalog::runs_from(t)?.pop())
@@ -878,6 +904,7 @@ fn alter_internal(
         max_batch_size: None,
         max_replica_lag,
         throttle_query: None,
+        undo: None,
     };
     required(run_id, "run_id")
         .and_then(|id| alter_impl(id, &changes))
@@ -941,14 +968,15 @@ CREATE FUNCTION drip.register(
     lock_timeout interval DEFAULT '1 second', statement_timeout interval DEFAULT '1 minute',
     target_batch_time interval DEFAULT NULL, min_batch_size integer DEFAULT 10,
     max_batch_size integer DEFAULT 100000, max_replica_lag interval DEFAULT '10 seconds',
-    throttle_query text DEFAULT NULL, mode text DEFAULT 'batch', on_row_error text DEFAULT 'fail')
+    throttle_query text DEFAULT NULL, mode text DEFAULT 'batch', on_row_error text DEFAULT 'fail',
+    undo boolean DEFAULT false)
     RETURNS drip.backfills
 LANGUAGE sql VOLATILE AS $fn$
     SELECT drip.register_internal($1, $2::oid, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13,
-                                  $14, $15, $16, $17, $18, $19, $20);
+                                  $14, $15, $16, $17, $18, $19, $20, $21);
     SELECT * FROM drip.backfills WHERE backfills.name = $1;
 $fn$;
-COMMENT ON FUNCTION drip.register(text, regclass, text, text, jsonb, text[], integer, interval, integer, text, boolean, interval, interval, interval, integer, integer, interval, text, text, text)
+COMMENT ON FUNCTION drip.register(text, regclass, text, text, jsonb, text[], integer, interval, integer, text, boolean, interval, interval, interval, integer, integer, interval, text, text, text, boolean)
     IS 'Define (or with replace => true redefine) a backfill; validates everything up front.';
 "#,
     name = "register_wrapper",

@@ -30,6 +30,7 @@ mod rows;
 pub mod security;
 pub mod status;
 pub mod throttle;
+mod undo;
 mod wait;
 pub mod worker;
 

@@ -321,37 +321,8 @@ impl Walk<'_> {
         low: Option<&Vec<String>>,
         high: &[String],
     ) -> DripResult<Vec<(Vec<String>, Value)>> {
-        let quoted: Vec<String> = self
-            .compiled
-            .keys
-            .iter()
-            .map(|k| pgrx::spi::quote_identifier(&k.name))
-            .collect();
-        let plain: Vec<bool> = self
-            .compiled
-            .keys
-            .iter()
-            .map(|k| settings::text_is_canonical(k.type_oid))
-            .collect();
-        let sql = snapshot_sql(&self.compiled.relation, &quoted, &plain, low.is_some());
-        let mut args = Vec::new();
-        if let Some(low) = low {
-            args.extend(self.key_args(low)?);
-        }
-        args.extend(self.key_args(high)?);
-        let k = quoted.len();
         // Read-write SPI for a fresh snapshot that sees the action's changes (see read_keys).
-        Ok(Spi::connect_mut(|c| {
-            let t = c.update(&sql, None, &args)?;
-            t.map(|r| {
-                let key = (1..=k)
-                    .map(|i| r.get::<String>(i).map(|v| v.unwrap_or_default()))
-                    .collect::<Result<Vec<_>, _>>()?;
-                let row = r.get::<JsonB>(k + 1)?.map(|j| j.0).unwrap_or(Value::Null);
-                Ok((key, row))
-            })
-            .collect::<Result<Vec<_>, pgrx::spi::SpiError>>()
-        })?)
+        range_rows(self.compiled, low.map(|v| v.as_slice()), high)
     }
 
     /// The action over `(low, high]`: one statement, or (element mode) one per row in scope.
@@ -406,6 +377,54 @@ fn describe_range(low: Option<&Vec<String>>, high: &[String]) -> String {
         }
         None => format!("The action failed in the first batch, of keys up to {high:?}."),
     }
+}
+
+/// Every row of the key range `(low, high]` of a compiled definition's relation, as (canonical
+/// key text, row as JSON), in key order, read with the caller's identity and a new snapshot
+/// (which sees this transaction's changes so far).
+pub(crate) fn range_rows(
+    compiled: &Compiled,
+    low: Option<&[String]>,
+    high: &[String],
+) -> DripResult<Vec<(Vec<String>, Value)>> {
+    let (sql, args) = range_query(compiled, low, high)?;
+    let k = compiled.keys.len();
+    let read = |t: pgrx::spi::SpiTupleTable| {
+        t.map(|r| {
+            let key = (1..=k)
+                .map(|i| r.get::<String>(i).map(|v| v.unwrap_or_default()))
+                .collect::<Result<Vec<_>, _>>()?;
+            let row = r.get::<JsonB>(k + 1)?.map(|j| j.0).unwrap_or(Value::Null);
+            Ok((key, row))
+        })
+        .collect::<Result<Vec<_>, pgrx::spi::SpiError>>()
+    };
+    Ok(Spi::connect_mut(|c| read(c.update(&sql, None, &args)?))?)
+}
+
+/// The query of `range_rows` and its arguments.
+pub(crate) fn range_query(
+    compiled: &Compiled,
+    low: Option<&[String]>,
+    high: &[String],
+) -> DripResult<(String, Vec<DatumWithOid<'static>>)> {
+    let quoted: Vec<String> = compiled
+        .keys
+        .iter()
+        .map(|k| pgrx::spi::quote_identifier(&k.name))
+        .collect();
+    let plain: Vec<bool> = compiled
+        .keys
+        .iter()
+        .map(|k| settings::text_is_canonical(k.type_oid))
+        .collect();
+    let sql = snapshot_sql(&compiled.relation, &quoted, &plain, low.is_some());
+    let mut args = Vec::new();
+    if let Some(low) = low {
+        args.extend(compiled.key_args(low)?);
+    }
+    args.extend(compiled.key_args(high)?);
+    Ok((sql, args))
 }
 
 /// The rows of a key range `(low, high]` (`$1..$K` low when `has_low`, then high) with their

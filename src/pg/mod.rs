@@ -2,6 +2,7 @@
 //! behind a safe function whose comment says why it is sound. Domain modules never touch
 //! `pg_sys` directly.
 
+pub mod before_image;
 pub mod client;
 pub mod extension;
 pub mod identity;
