@@ -25,7 +25,8 @@ CREATE TABLE drip.backfills (
     owner         regrole NOT NULL,
     search_path   text NOT NULL DEFAULT '',
     created_at    timestamptz NOT NULL DEFAULT now(),
-    updated_at    timestamptz NOT NULL DEFAULT now()
+    updated_at    timestamptz NOT NULL DEFAULT now(),
+    undo          boolean NOT NULL DEFAULT false
 );
 
 COMMENT ON TABLE drip.backfills IS 'Registered backfills: what to do to which rows of which table (drip.register).';
@@ -42,6 +43,7 @@ COMMENT ON COLUMN drip.backfills.max_replica_lag IS 'Hold while any streaming st
 COMMENT ON COLUMN drip.backfills.mode IS 'batch: the action runs once per batch; row: once per row, each in its own subtransaction (element mode).';
 COMMENT ON COLUMN drip.backfills.on_row_error IS 'Element mode: fail (the run fails after the batch) or skip (the run goes on); failing rows are recorded in drip.row_errors either way.';
 COMMENT ON COLUMN drip.backfills.throttle_query IS 'SQL returning true while runs should hold (run as the owner).';
+COMMENT ON COLUMN drip.backfills.undo IS 'Runs keep undo data (drip.undo) by default, so drip.revert can take them back.';
 
 CREATE TABLE drip.runs (
     id             bigserial PRIMARY KEY,
@@ -77,7 +79,10 @@ CREATE TABLE drip.runs (
     started_at     timestamptz,
     finished_at    timestamptz,
     error          text,
-    worker_pid     integer
+    worker_pid     integer,
+    undo           boolean NOT NULL DEFAULT false,
+    reverts        bigint,
+    reverted_by    bigint
 );
 
 -- At most one active run per backfill.
@@ -95,6 +100,9 @@ COMMENT ON COLUMN drip.runs.after_run IS 'The run starts only once this run has 
 COMMENT ON COLUMN drip.runs.throttled IS 'While the run holds on a health signal: why. NULL otherwise.';
 COMMENT ON COLUMN drip.runs.batch_size IS 'Keys in the next batch; adaptive sizing updates it after every batch.';
 COMMENT ON COLUMN drip.runs.worker_pid IS 'Process id of the background worker executing the run, while it runs.';
+COMMENT ON COLUMN drip.runs.undo IS 'Each batch saves the before-image of what it changes in drip.undo, in its own commit.';
+COMMENT ON COLUMN drip.runs.reverts IS 'A revert run (drip.revert): the run whose changes it takes back.';
+COMMENT ON COLUMN drip.runs.reverted_by IS 'The revert run started for this run by drip.revert.';
 
 CREATE TABLE drip.batches (
     run_id       bigint NOT NULL,  -- drip.runs (id); no FK: an RI check per batch costs more than it guards
@@ -145,6 +153,31 @@ CREATE TABLE drip.row_errors (
     PRIMARY KEY (run_id, key)
 );
 COMMENT ON TABLE drip.row_errors IS 'Element mode: rows whose action failed (in their own subtransaction); drip.retry_rows processes them again and sets resolved_at.';
+
+-- Undo data: what each batch of a run with undo changed, saved in the batch's own commit.
+CREATE TABLE drip.undo (
+    run_id    bigint NOT NULL,
+    key       text[] NOT NULL,
+    batch_no  bigint NOT NULL,
+    op        text NOT NULL CHECK (op IN ('update', 'delete')),
+    before    jsonb NOT NULL,
+    written   jsonb,
+    PRIMARY KEY (run_id, key)
+);
+COMMENT ON TABLE drip.undo IS 'Before-images saved by runs with undo, one row per changed row, for drip.revert (drip.undo_size, drip.purge_undo).';
+COMMENT ON COLUMN drip.undo.before IS 'update: the key columns and the changed columns as they were; delete: the whole row.';
+COMMENT ON COLUMN drip.undo.written IS 'update: the values the run wrote to the changed columns (a revert restores a row only while it still holds them).';
+
+CREATE TABLE drip.revert_conflicts (
+    run_id    bigint NOT NULL,
+    key       text[] NOT NULL,
+    reason    text NOT NULL CHECK (reason IN ('changed', 'deleted', 'key taken')),
+    current   jsonb,
+    expected  jsonb NOT NULL,
+    at        timestamptz NOT NULL DEFAULT clock_timestamp(),
+    PRIMARY KEY (run_id, key)
+);
+COMMENT ON TABLE drip.revert_conflicts IS 'Rows a revert run left alone: changed or deleted since the original run wrote them, or (a deleted row) its key taken again. run_id is the revert run.';
 
 CREATE TABLE drip.events (
     id       bigserial PRIMARY KEY,
@@ -247,7 +280,19 @@ CREATE POLICY row_errors_visible ON drip.row_errors FOR SELECT
 ALTER TABLE drip.events ENABLE ROW LEVEL SECURITY;
 CREATE POLICY events_visible ON drip.events FOR SELECT
     USING (EXISTS (SELECT 1 FROM drip.runs r WHERE r.id = run_id));
+ALTER TABLE drip.undo ENABLE ROW LEVEL SECURITY;
+CREATE POLICY undo_visible ON drip.undo FOR SELECT
+    USING (EXISTS (SELECT 1 FROM drip.runs r WHERE r.id = run_id));
+ALTER TABLE drip.revert_conflicts ENABLE ROW LEVEL SECURITY;
+CREATE POLICY revert_conflicts_visible ON drip.revert_conflicts FOR SELECT
+    USING (EXISTS (SELECT 1 FROM drip.runs r WHERE r.id = run_id));
+-- A revert run's statement runs as the run's owner and records its conflicts itself: only for
+-- runs that owner can see (its own).
+CREATE POLICY revert_conflicts_insert ON drip.revert_conflicts FOR INSERT
+    WITH CHECK (EXISTS (SELECT 1 FROM drip.runs r WHERE r.id = run_id AND r.reverts IS NOT NULL));
 GRANT SELECT ON drip.backfills, drip.runs, drip.batches, drip.slices, drip.row_errors, drip.events TO PUBLIC;
+GRANT SELECT ON drip.undo, drip.revert_conflicts TO PUBLIC;
+GRANT INSERT ON drip.revert_conflicts TO PUBLIC;
 
 SELECT pg_catalog.pg_extension_config_dump('drip.backfills', '');
 SELECT pg_catalog.pg_extension_config_dump('drip.runs', '');
@@ -257,3 +302,5 @@ SELECT pg_catalog.pg_extension_config_dump('drip.events', '');
 SELECT pg_catalog.pg_extension_config_dump('drip.row_errors', '');
 SELECT pg_catalog.pg_extension_config_dump('drip.slices', '');
 SELECT pg_catalog.pg_extension_config_dump('drip.events_id_seq', '');
+SELECT pg_catalog.pg_extension_config_dump('drip.undo', '');
+SELECT pg_catalog.pg_extension_config_dump('drip.revert_conflicts', '');

@@ -15,3 +15,168 @@ ALTER TABLE drip.slices ADD COLUMN rows_done bigint NOT NULL DEFAULT 0;
 ALTER TABLE drip.slices ADD COLUMN rows_failed bigint NOT NULL DEFAULT 0;
 ALTER TABLE drip.slices ADD COLUMN batches_done bigint NOT NULL DEFAULT 0;
 COMMENT ON TABLE drip.slices IS 'Slices of parallel runs (start(..., parallel => N)): contiguous key ranges, one worker and one cursor each; on a Citus distributed table, one sub-run per shard (hash_min..hash_max), at most drip.max_runs_per_node of them per node at once.';
+-- drip.preview (issue 19): the first rows a run would change, before and after, rolled back.
+CREATE OR REPLACE FUNCTION drip."preview"(
+	"name" TEXT, /* Option < & str > */
+	"params" jsonb DEFAULT '{}', /* Option < JsonB > */
+	"rows" INT DEFAULT 20, /* Option < i32 > */
+	"from_key" TEXT DEFAULT NULL /* Option < & str > */
+) RETURNS TABLE (
+	"key" TEXT[],  /* Vec < String > */
+	"before" jsonb,  /* Option < JsonB > */
+	"after" jsonb  /* Option < JsonB > */
+)
+VOLATILE PARALLEL UNSAFE
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'preview_wrapper';
+
+-- Undo data and drip.revert (issue 19): new columns at the end of their tables, as in
+-- bootstrap.sql; register and start gain an undo argument (dropped and created again, as pgrx
+-- generates them).
+ALTER TABLE drip.backfills ADD COLUMN undo boolean NOT NULL DEFAULT false;
+COMMENT ON COLUMN drip.backfills.undo IS 'Runs keep undo data (drip.undo) by default, so drip.revert can take them back.';
+ALTER TABLE drip.runs ADD COLUMN undo boolean NOT NULL DEFAULT false,
+    ADD COLUMN reverts bigint, ADD COLUMN reverted_by bigint;
+COMMENT ON COLUMN drip.runs.undo IS 'Each batch saves the before-image of what it changes in drip.undo, in its own commit.';
+COMMENT ON COLUMN drip.runs.reverts IS 'A revert run (drip.revert): the run whose changes it takes back.';
+COMMENT ON COLUMN drip.runs.reverted_by IS 'The revert run started for this run by drip.revert.';
+
+-- Undo data: what each batch of a run with undo changed, saved in the batch's own commit.
+CREATE TABLE drip.undo (
+    run_id    bigint NOT NULL,
+    key       text[] NOT NULL,
+    batch_no  bigint NOT NULL,
+    op        text NOT NULL CHECK (op IN ('update', 'delete')),
+    before    jsonb NOT NULL,
+    written   jsonb,
+    PRIMARY KEY (run_id, key)
+);
+COMMENT ON TABLE drip.undo IS 'Before-images saved by runs with undo, one row per changed row, for drip.revert (drip.undo_size, drip.purge_undo).';
+COMMENT ON COLUMN drip.undo.before IS 'update: the key columns and the changed columns as they were; delete: the whole row.';
+COMMENT ON COLUMN drip.undo.written IS 'update: the values the run wrote to the changed columns (a revert restores a row only while it still holds them).';
+
+CREATE TABLE drip.revert_conflicts (
+    run_id    bigint NOT NULL,
+    key       text[] NOT NULL,
+    reason    text NOT NULL CHECK (reason IN ('changed', 'deleted', 'key taken')),
+    current   jsonb,
+    expected  jsonb NOT NULL,
+    at        timestamptz NOT NULL DEFAULT clock_timestamp(),
+    PRIMARY KEY (run_id, key)
+);
+COMMENT ON TABLE drip.revert_conflicts IS 'Rows a revert run left alone: changed or deleted since the original run wrote them, or (a deleted row) its key taken again. run_id is the revert run.';
+
+ALTER TABLE drip.undo ENABLE ROW LEVEL SECURITY;
+CREATE POLICY undo_visible ON drip.undo FOR SELECT
+    USING (EXISTS (SELECT 1 FROM drip.runs r WHERE r.id = run_id));
+ALTER TABLE drip.revert_conflicts ENABLE ROW LEVEL SECURITY;
+CREATE POLICY revert_conflicts_visible ON drip.revert_conflicts FOR SELECT
+    USING (EXISTS (SELECT 1 FROM drip.runs r WHERE r.id = run_id));
+-- A revert run's statement runs as the run's owner and records its conflicts itself: only for
+-- runs that owner can see (its own).
+CREATE POLICY revert_conflicts_insert ON drip.revert_conflicts FOR INSERT
+    WITH CHECK (EXISTS (SELECT 1 FROM drip.runs r WHERE r.id = run_id AND r.reverts IS NOT NULL));
+GRANT SELECT ON drip.undo, drip.revert_conflicts TO PUBLIC;
+GRANT INSERT ON drip.revert_conflicts TO PUBLIC;
+SELECT pg_catalog.pg_extension_config_dump('drip.undo', '');
+SELECT pg_catalog.pg_extension_config_dump('drip.revert_conflicts', '');
+
+DROP FUNCTION drip.register(text, regclass, text, text, jsonb, text[], integer, interval, integer, text, boolean, interval, interval, interval, integer, integer, interval, text, text, text);
+DROP FUNCTION drip.register_internal(text, oid, text, text, jsonb, text[], integer, interval, integer, text, boolean, interval, interval, interval, integer, integer, interval, text, text, text);
+CREATE FUNCTION drip."register_internal"(
+	"name" TEXT, /* Option < & str > */
+	"relation" oid, /* Option < pg_sys :: Oid > */
+	"action" TEXT, /* Option < & str > */
+	"scope" TEXT, /* Option < & str > */
+	"params" jsonb, /* Option < JsonB > */
+	"key" TEXT[], /* :: std :: option :: Option < Vec < String > > */
+	"batch_size" INT, /* Option < i32 > */
+	"sleep" interval, /* Option < Interval > */
+	"max_attempts" INT, /* Option < i32 > */
+	"description" TEXT, /* Option < & str > */
+	"replace" bool, /* Option < bool > */
+	"lock_timeout" interval, /* Option < Interval > */
+	"statement_timeout" interval, /* Option < Interval > */
+	"target_batch_time" interval, /* Option < Interval > */
+	"min_batch_size" INT, /* Option < i32 > */
+	"max_batch_size" INT, /* Option < i32 > */
+	"max_replica_lag" interval, /* Option < Interval > */
+	"throttle_query" TEXT, /* Option < & str > */
+	"mode" TEXT, /* Option < & str > */
+	"on_row_error" TEXT, /* Option < & str > */
+	"undo" bool /* Option < bool > */
+) RETURNS void
+VOLATILE PARALLEL UNSAFE
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'register_internal_wrapper';
+
+CREATE FUNCTION drip.register(
+    name text, relation regclass, action text,
+    scope text DEFAULT NULL, params jsonb DEFAULT '{}', key text[] DEFAULT NULL,
+    batch_size integer DEFAULT 1000, sleep interval DEFAULT '100 milliseconds',
+    max_attempts integer DEFAULT 3, description text DEFAULT NULL,
+    replace boolean DEFAULT false,
+    lock_timeout interval DEFAULT '1 second', statement_timeout interval DEFAULT '1 minute',
+    target_batch_time interval DEFAULT NULL, min_batch_size integer DEFAULT 10,
+    max_batch_size integer DEFAULT 100000, max_replica_lag interval DEFAULT '10 seconds',
+    throttle_query text DEFAULT NULL, mode text DEFAULT 'batch', on_row_error text DEFAULT 'fail',
+    undo boolean DEFAULT false)
+    RETURNS drip.backfills
+LANGUAGE sql VOLATILE AS $fn$
+    SELECT drip.register_internal($1, $2::oid, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13,
+                                  $14, $15, $16, $17, $18, $19, $20, $21);
+    SELECT * FROM drip.backfills WHERE backfills.name = $1;
+$fn$;
+COMMENT ON FUNCTION drip.register(text, regclass, text, text, jsonb, text[], integer, interval, integer, text, boolean, interval, interval, interval, integer, integer, interval, text, text, text, boolean)
+    IS 'Define (or with replace => true redefine) a backfill; validates everything up front.';
+
+DROP FUNCTION drip.start(text, jsonb, integer, interval, timestamp with time zone, text, interval, interval, interval, integer, integer, interval, text, text, text, boolean, bigint, integer);
+CREATE FUNCTION drip."start"(
+	"name" TEXT, /* Option < & str > */
+	"params" jsonb DEFAULT '{}', /* Option < JsonB > */
+	"batch_size" INT DEFAULT NULL, /* Option < i32 > */
+	"sleep" interval DEFAULT NULL, /* Option < Interval > */
+	"start_at" timestamp with time zone DEFAULT NULL, /* Option < TimestampWithTimeZone > */
+	"note" TEXT DEFAULT NULL, /* Option < & str > */
+	"lock_timeout" interval DEFAULT NULL, /* Option < Interval > */
+	"statement_timeout" interval DEFAULT NULL, /* Option < Interval > */
+	"target_batch_time" interval DEFAULT NULL, /* Option < Interval > */
+	"min_batch_size" INT DEFAULT NULL, /* Option < i32 > */
+	"max_batch_size" INT DEFAULT NULL, /* Option < i32 > */
+	"max_replica_lag" interval DEFAULT NULL, /* Option < Interval > */
+	"throttle_query" TEXT DEFAULT NULL, /* Option < & str > */
+	"from_key" TEXT DEFAULT NULL, /* Option < & str > */
+	"to_key" TEXT DEFAULT NULL, /* Option < & str > */
+	"follow_inserts" bool DEFAULT false, /* Option < bool > */
+	"after" bigint DEFAULT NULL, /* Option < i64 > */
+	"parallel" INT DEFAULT 1, /* Option < i32 > */
+	"undo" bool DEFAULT NULL /* Option < bool > */
+) RETURNS bigint /* i64 */
+VOLATILE PARALLEL UNSAFE
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'start_wrapper';
+
+CREATE FUNCTION drip."revert"(
+	"run_id" bigint, /* Option < i64 > */
+	"note" TEXT DEFAULT NULL /* Option < & str > */
+) RETURNS bigint /* i64 */
+VOLATILE PARALLEL UNSAFE
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'revert_wrapper';
+
+CREATE FUNCTION drip."undo_size"(
+	"run_id" bigint /* Option < i64 > */
+) RETURNS TABLE (
+	"rows" bigint,  /* i64 */
+	"bytes" bigint  /* i64 */
+)
+VOLATILE PARALLEL UNSAFE
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'undo_size_wrapper';
+
+CREATE FUNCTION drip."purge_undo"(
+	"run_id" bigint /* Option < i64 > */
+) RETURNS bigint /* i64 */
+VOLATILE PARALLEL UNSAFE
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'purge_undo_wrapper';

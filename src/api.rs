@@ -124,6 +124,7 @@ fn register_internal(
     throttle_query: Option<&str>,
     mode: Option<&str>,
     on_row_error: Option<&str>,
+    undo: Option<bool>,
 ) {
     let call = || -> DripResult<()> {
         let definition = NewBackfill {
@@ -140,6 +141,7 @@ fn register_internal(
             throttle_query: throttle_query.filter(|q| !q.trim().is_empty()),
             mode: required(mode, "mode")?,
             on_row_error: required(on_row_error, "on_row_error")?,
+            undo: required(undo, "undo")?,
         };
         let options = BatchOptions {
             batch_size: required(batch_size, "batch_size")?,
@@ -169,6 +171,8 @@ struct NewBackfill<'a> {
     throttle_query: Option<&'a str>,
     mode: &'a str,
     on_row_error: &'a str,
+    /// Runs keep undo data by default (drip.revert).
+    undo: bool,
 }
 
 fn register_impl(def: &NewBackfill, options: &BatchOptions, replace: bool) -> DripResult<()> {
@@ -183,6 +187,7 @@ fn register_impl(def: &NewBackfill, options: &BatchOptions, replace: bool) -> Dr
             "name {name:?} must contain a visible character and no control characters"
         )));
     }
+    security::check_visible_name("backfill", name)?;
     options.check()?;
     if !matches!(def.mode, "batch" | "row") {
         return Err(DripError::BadOption(format!(
@@ -214,6 +219,7 @@ fn register_impl(def: &NewBackfill, options: &BatchOptions, replace: bool) -> Dr
     // Parsed, analyzed and planned as the caller: Postgres checks the caller's privileges for
     // every object the scope and action touch (UPDATE for SET, DELETE for DELETE, ...).
     compiled.validate(def.mode == "row")?;
+    crate::undo::check_supported(&compiled, def.undo)?;
     let throttle_query = def
         .throttle_query
         .map(compile::throttle_query)
@@ -265,9 +271,9 @@ fn insert_backfill(
             "INSERT INTO drip.backfills AS b (name, relation, action, action_kind, scope, params, key, \
                  batch_size, sleep, max_attempts, description, owner, lock_timeout, statement_timeout, \
                  search_path, target_batch_time, min_batch_size, max_batch_size, max_replica_lag, \
-                 throttle_query, mode, on_row_error) \
+                 throttle_query, mode, on_row_error, undo) \
              VALUES ($1, $2::oid::regclass, $3, $4, $5, $6, $7, $8, $9, $10, $11, $14::oid::regrole, \
-                 $12, $13, $15, $16, $17, $18, $19, $20, $21, $22) \
+                 $12, $13, $15, $16, $17, $18, $19, $20, $21, $22, $23) \
              ON CONFLICT (name) DO UPDATE SET relation = excluded.relation, action = excluded.action, \
                  action_kind = excluded.action_kind, scope = excluded.scope, params = excluded.params, \
                  key = excluded.key, batch_size = excluded.batch_size, sleep = excluded.sleep, \
@@ -277,7 +283,7 @@ fn insert_backfill(
                  target_batch_time = excluded.target_batch_time, min_batch_size = excluded.min_batch_size, \
                  max_batch_size = excluded.max_batch_size, max_replica_lag = excluded.max_replica_lag, \
                  throttle_query = excluded.throttle_query, mode = excluded.mode, \
-                 on_row_error = excluded.on_row_error, \
+                 on_row_error = excluded.on_row_error, undo = excluded.undo, \
                  updated_at = now()",
             None,
             &[
@@ -303,6 +309,7 @@ fn insert_backfill(
                 extras.throttle_query.into(),
                 def.mode.into(),
                 def.on_row_error.into(),
+                def.undo.into(),
             ],
         )
         .map(|_| ())
@@ -330,6 +337,15 @@ fn unregister_impl(name: &str) -> DripResult<()> {
         }
         Spi::run_with_args(
             "DELETE FROM drip.batches WHERE run_id IN (SELECT id FROM drip.runs WHERE backfill = $1)",
+            &[name.into()],
+        )?;
+        // Undo data and revert conflicts of its runs go with them.
+        Spi::run_with_args(
+            "DELETE FROM drip.undo WHERE run_id IN (SELECT id FROM drip.runs WHERE backfill = $1)",
+            &[name.into()],
+        )?;
+        Spi::run_with_args(
+            "DELETE FROM drip.revert_conflicts WHERE run_id IN (SELECT id FROM drip.runs WHERE backfill = $1)",
             &[name.into()],
         )?;
         Spi::run_with_args("DELETE FROM drip.backfills WHERE name = $1", &[name.into()])?;
@@ -360,6 +376,7 @@ fn start(
     follow_inserts: default!(Option<bool>, false),
     after: default!(Option<i64>, "NULL"),
     parallel: default!(Option<i32>, 1),
+    undo: default!(Option<bool>, "NULL"),
 ) -> i64 {
     let (name, follow_inserts, parallel) = match (
         required(name, "name"),
@@ -386,6 +403,7 @@ fn start(
         max_batch_size,
         max_replica_lag,
         throttle_query: throttle_query.filter(|q| !q.trim().is_empty()),
+        undo,
     };
     finish_call(start_impl(name, params, &overrides, &range, start_at, note))
 }
@@ -479,7 +497,7 @@ fn split_points(
 
 /// Key values given as text in the caller's notation: a JSON array for a composite key, or one
 /// value. Returns them checked and in the canonical text the engine stores.
-fn key_values(
+pub(crate) fn key_values(
     compiled: &compile::Compiled,
     what: &'static str,
     text: &str,
@@ -532,6 +550,8 @@ struct RunOverrides<'a> {
     max_batch_size: Option<i32>,
     max_replica_lag: Option<Interval>,
     throttle_query: Option<&'a str>,
+    /// Keep undo data (NULL: the backfill's setting).
+    undo: Option<bool>,
 }
 
 impl RunOverrides<'_> {
@@ -640,6 +660,12 @@ fn start_planned(
         .map(compile::throttle_query)
         .transpose()?;
     let compiled = def.compile()?;
+    crate::undo::check_supported(
+        &compiled,
+        overrides
+            .undo
+            .unwrap_or_else(|| definition.get("undo").and_then(Value::as_bool) == Some(true)),
+    )?;
     let decls: Vec<params::ParamDecl> = compiled.params.iter().map(|(d, _)| d.clone()).collect();
     let values = values.map(|j| j.0).unwrap_or(Value::Null);
     let effective = params::effective_values(&decls, &values)?;
@@ -693,7 +719,12 @@ fn start_planned(
     if let Some(after) = range.after {
         security::as_catalog(|| {
             let awaited = catalog::lock_run(after)?;
-            security::check_control(caller, catalog::run_owner(after)?, &awaited.backfill)
+            security::check_run_control(
+                caller,
+                after,
+                catalog::run_owner(after)?,
+                &awaited.backfill,
+            )
         })?;
     }
 
@@ -707,13 +738,13 @@ fn start_planned(
                 "INSERT INTO drip.runs (backfill, status, params, batch_size, sleep, definition, note, \
                  start_at, rows_estimated, lock_timeout, statement_timeout, owner, started_by, \
                  target_batch_time, min_batch_size, max_batch_size, max_replica_lag, throttle_query, \
-                 cursor, to_key, follow_inserts, after_run, parallel) \
+                 cursor, to_key, follow_inserts, after_run, parallel, undo) \
              SELECT b.name, CASE WHEN $5 > now() OR $20::bigint IS NOT NULL THEN 'pending' ELSE 'enqueued' END, $2, \
                     coalesce($3, b.batch_size), coalesce($4, b.sleep), $6, $7, $5, $8, \
                     coalesce($9, b.lock_timeout), coalesce($10, b.statement_timeout), b.owner, $11, \
                     coalesce($12, b.target_batch_time), coalesce($13, b.min_batch_size), \
                     coalesce($14, b.max_batch_size), coalesce($15, b.max_replica_lag), \
-                    coalesce($16, b.throttle_query), $17, $18, $19, $20, $21 \
+                    coalesce($16, b.throttle_query), $17, $18, $19, $20, $21, coalesce($22, b.undo) \
              FROM drip.backfills b WHERE b.name = $1 \
              RETURNING {}",
                 catalog::RUN_COLUMNS
@@ -741,6 +772,7 @@ fn start_planned(
                 range.follow_inserts.into(),
                 range.after.into(),
                 slices.into(),
+                overrides.undo.into(),
             ],
         )?;
                 Ok::<_, DripError>(catalog::runs_from(t)?.pop())
@@ -821,11 +853,12 @@ pub(crate) fn estimate_rows(
         .map(|f| f.round() as i64)
 }
 
-/// Lock a run for a change by the current caller: it must exist (42704) and the caller must
-/// be allowed to control it (42501). Runs as the catalog owner.
+/// Lock a run for a change by the current caller: it must exist and the caller must be allowed
+/// to control it, else 42704 either way (see `security::check_run_control`). Runs as the
+/// catalog owner.
 fn lock_run_for_caller(run_id: i64, caller: pg_sys::Oid) -> DripResult<catalog::RunRow> {
     let run = catalog::lock_run(run_id)?;
-    security::check_control(caller, catalog::run_owner(run_id)?, &run.backfill)?;
+    security::check_run_control(caller, run_id, catalog::run_owner(run_id)?, &run.backfill)?;
     Ok(run)
 }
 
@@ -904,6 +937,7 @@ fn alter_internal(
         max_batch_size: None,
         max_replica_lag,
         throttle_query: None,
+        undo: None,
     };
     required(run_id, "run_id")
         .and_then(|id| alter_impl(id, &changes))
@@ -967,14 +1001,15 @@ CREATE FUNCTION drip.register(
     lock_timeout interval DEFAULT '1 second', statement_timeout interval DEFAULT '1 minute',
     target_batch_time interval DEFAULT NULL, min_batch_size integer DEFAULT 10,
     max_batch_size integer DEFAULT 100000, max_replica_lag interval DEFAULT '10 seconds',
-    throttle_query text DEFAULT NULL, mode text DEFAULT 'batch', on_row_error text DEFAULT 'fail')
+    throttle_query text DEFAULT NULL, mode text DEFAULT 'batch', on_row_error text DEFAULT 'fail',
+    undo boolean DEFAULT false)
     RETURNS drip.backfills
 LANGUAGE sql VOLATILE AS $fn$
     SELECT drip.register_internal($1, $2::oid, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13,
-                                  $14, $15, $16, $17, $18, $19, $20);
+                                  $14, $15, $16, $17, $18, $19, $20, $21);
     SELECT * FROM drip.backfills WHERE backfills.name = $1;
 $fn$;
-COMMENT ON FUNCTION drip.register(text, regclass, text, text, jsonb, text[], integer, interval, integer, text, boolean, interval, interval, interval, integer, integer, interval, text, text, text)
+COMMENT ON FUNCTION drip.register(text, regclass, text, text, jsonb, text[], integer, interval, integer, text, boolean, interval, interval, interval, integer, integer, interval, text, text, text, boolean)
     IS 'Define (or with replace => true redefine) a backfill; validates everything up front.';
 "#,
     name = "register_wrapper",

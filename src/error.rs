@@ -98,6 +98,9 @@ pub enum DripError {
     },
     #[error("permission denied for backfill \"{backfill}\"")]
     PermissionDenied { backfill: String, owner: String },
+    /// A name with a zero-width, bidirectional or control character (see `security`).
+    #[error("{0}")]
+    InvisibleName(String),
     #[error("owner role of backfill \"{0}\" no longer exists")]
     OwnerGone(String),
     #[error("timed out waiting for run {run_id} (it is {status})")]
@@ -111,6 +114,28 @@ pub enum DripError {
     /// Citus refused to create data_drip's commit anchor (see `distribution::citus`).
     #[error("cannot prepare Citus for data_drip's batches: {0}")]
     CitusSetup(String),
+    /// An ERROR the action (or the key walk, as the owner) raised in `drip.preview`, passed
+    /// on with its own SQLSTATE, message, detail and hint.
+    #[error("{message}")]
+    PreviewFailed {
+        backfill: String,
+        message: String,
+        sqlstate: PgSqlErrorCode,
+        detail: Option<String>,
+        hint: Option<String>,
+    },
+    #[error("undo => true is not supported for a statement action")]
+    UndoUnsupported,
+    #[error("run {0} kept no undo data")]
+    NoUndoData(i64),
+    #[error("run {run_id} is a revert (of run {of}); a revert cannot be reverted")]
+    RevertOfRevert { run_id: i64, of: i64 },
+    #[error("run {run_id} is reverted by run {by}, which is {status}")]
+    AlreadyReverted {
+        run_id: i64,
+        by: i64,
+        status: String,
+    },
     #[error("{0}")]
     Internal(String),
 }
@@ -148,6 +173,7 @@ impl DripError {
             DripError::PermissionDenied { .. } | DripError::OwnerGone(_) => {
                 ERRCODE_INSUFFICIENT_PRIVILEGE
             }
+            DripError::InvisibleName(_) => ERRCODE_INVALID_NAME,
             DripError::WaitTimedOut { .. } => ERRCODE_QUERY_CANCELED,
             DripError::NotCompleted { .. } => ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
             DripError::RunBusy(_) => ERRCODE_OBJECT_IN_USE,
@@ -159,6 +185,11 @@ impl DripError {
             DripError::WaitInOwnTransaction(_) => ERRCODE_INVALID_TRANSACTION_STATE,
             DripError::WaitsForRun { .. } => ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
             DripError::CitusSetup(_) => ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+            DripError::PreviewFailed { sqlstate, .. } => *sqlstate,
+            DripError::UndoUnsupported => ERRCODE_INVALID_PARAMETER_VALUE,
+            DripError::NoUndoData(_)
+            | DripError::RevertOfRevert { .. }
+            | DripError::AlreadyReverted { .. } => ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
             DripError::Internal(_) => ERRCODE_INTERNAL_ERROR,
         }
     }
@@ -208,7 +239,7 @@ impl DripError {
                 format!("Stop it first with SELECT drip.stop({run_id}), or wait for it to finish.")
             }
             DripError::WrongStatus { .. } => {
-                "pause applies to enqueued or running runs, resume to paused runs, stop to pending, enqueued, running or paused runs, retry to failed or stopped runs, alter to pending, enqueued, running or paused runs.".into()
+                "pause applies to enqueued or running runs, resume to paused runs, stop to pending, enqueued, running or paused runs, retry to failed or stopped runs, alter to pending, enqueued, running or paused runs, revert to completed, failed or stopped runs.".into()
             }
             DripError::PermissionDenied { owner, .. } => format!(
                 "Only its owner ({owner}), members of that role and superusers may control it."
@@ -251,8 +282,24 @@ impl DripError {
                 "Run ALTER EXTENSION data_drip UPDATE TO '{library}' in this database (the package was upgraded, the catalog not yet)."
             ),
             DripError::BadOption(_) => "batch_size must be at least 1 and sleep must not be negative.".into(),
+            DripError::UndoUnsupported => "The engine cannot know what a statement changed. Write the action as SET <assignments> or DELETE (with a scope), or start without undo.".into(),
+            DripError::NoUndoData(_) => "Only runs started with undo => true (or of a backfill registered with it) can be reverted, until drip.purge_undo removes their undo data.".into(),
+            DripError::RevertOfRevert { of, .. } => format!("To redo run {of}'s changes, start its backfill again."),
+            DripError::AlreadyReverted { by, .. } => format!("See SELECT * FROM drip.progress WHERE run_id = {by}; a failed or stopped revert goes on with SELECT drip.retry({by})."),
+            DripError::PreviewFailed { hint: Some(hint), .. } => hint.clone(),
+            DripError::PreviewFailed { backfill, .. } => format!(
+                "drip.preview ran the action of backfill \"{backfill}\" as its owner and rolled it back: nothing was changed. A run would fail the same way."
+            ),
             _ => return None,
         })
+    }
+
+    /// Detail for the error report, where there is one to pass on.
+    pub fn detail(&self) -> Option<String> {
+        match self {
+            DripError::PreviewFailed { detail, .. } => detail.clone(),
+            _ => None,
+        }
     }
 
     /// Raise as a Postgres ERROR. Does not return.
@@ -260,6 +307,9 @@ impl DripError {
         let mut report = ErrorReport::new(self.sqlstate(), self.to_string(), "data_drip");
         if let Some(hint) = self.hint() {
             report = report.set_hint(hint);
+        }
+        if let Some(detail) = self.detail() {
+            report = report.set_detail(detail);
         }
         report.report(PgLogLevel::ERROR);
         unreachable!("ereport(ERROR) returned")

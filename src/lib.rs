@@ -27,10 +27,12 @@ pub mod params;
 pub mod pg;
 pub mod placeholders;
 mod plan;
+mod preview;
 mod rows;
 pub mod security;
 pub mod status;
 pub mod throttle;
+mod undo;
 mod wait;
 pub mod worker;
 

@@ -27,7 +27,7 @@ fn retry_rows_impl(run_id: i64) -> DripResult<i64> {
     let caller = identity::current_user();
     let (definition, values, failed) = security::as_catalog(|| {
         let run = catalog::read_run(run_id)?.ok_or(DripError::UnknownRun(run_id))?;
-        security::check_control(caller, catalog::run_owner(run_id)?, &run.backfill)?;
+        security::check_run_control(caller, run_id, catalog::run_owner(run_id)?, &run.backfill)?;
         let (def, values) = Spi::get_two_with_args::<JsonB, JsonB>(
             "SELECT definition, params FROM drip.runs WHERE id = $1",
             &[run_id.into()],

@@ -63,6 +63,58 @@ pub fn check_control(caller: pg_sys::Oid, owner: pg_sys::Oid, backfill: &str) ->
     })
 }
 
+/// Check that `caller` may control run `run_id`, whose backfill `backfill` is owned by `owner`.
+///
+/// Seeing a run and controlling it are one rule (`drip.may_control`, the row-level security
+/// policy of `drip.runs`: members of the owner role and superusers). A caller refused here
+/// therefore cannot see the run, and is answered exactly as for a run that does not exist
+/// (42704 `run N does not exist`): no backfill name, no owner, so probing run ids tells nothing.
+pub fn check_run_control(
+    caller: pg_sys::Oid,
+    run_id: i64,
+    owner: pg_sys::Oid,
+    backfill: &str,
+) -> DripResult<()> {
+    match check_control(caller, owner, backfill) {
+        Err(DripError::PermissionDenied { .. }) => Err(DripError::UnknownRun(run_id)),
+        other => other,
+    }
+}
+
+/// Names that look like another name are refused: zero-width characters, bidirectional
+/// controls and other invisible format characters (Unicode category Cf), and control
+/// characters. `alice\u{200b}_fix` would otherwise pass for `alice_fix` in every list.
+pub fn check_visible_name(what: &str, name: &str) -> DripResult<()> {
+    match name.chars().find(|c| is_invisible(*c)) {
+        Some(c) => Err(DripError::InvisibleName(format!(
+            "{what} \"{}\" contains the invisible character U+{:04X}; names must not contain zero-width, bidirectional or control characters",
+            name.escape_default(),
+            c as u32
+        ))),
+        None => Ok(()),
+    }
+}
+
+fn is_invisible(c: char) -> bool {
+    c.is_control()
+        || matches!(c,
+            '\u{00AD}'                  // soft hyphen
+            | '\u{034F}'                // combining grapheme joiner
+            | '\u{061C}'                // Arabic letter mark
+            | '\u{115F}' | '\u{1160}'   // Hangul fillers
+            | '\u{17B4}' | '\u{17B5}'
+            | '\u{180B}'..='\u{180F}'   // Mongolian variation selectors and vowel separator
+            | '\u{200B}'..='\u{200F}'   // zero-width space, joiners, LRM, RLM
+            | '\u{202A}'..='\u{202E}'   // bidi embeddings and overrides
+            | '\u{2060}'..='\u{206F}'   // word joiner, invisible operators, bidi isolates
+            | '\u{3164}' | '\u{FFA0}'   // Hangul fillers
+            | '\u{FE00}'..='\u{FE0F}'   // variation selectors
+            | '\u{FEFF}'                // zero-width no-break space
+            | '\u{FFF9}'..='\u{FFFB}'   // interlinear annotation
+            | '\u{E0000}'..='\u{E007F}' // tags
+        )
+}
+
 /// Name of a role, for `started_by`.
 pub fn role_name(role: pg_sys::Oid) -> DripResult<String> {
     Ok(Spi::get_one_with_args::<String>(
@@ -70,4 +122,27 @@ pub fn role_name(role: pg_sys::Oid) -> DripResult<String> {
         &[role.into()],
     )?
     .unwrap_or_default())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn invisible_characters_in_names_are_refused() {
+        for bad in [
+            "alice\u{200b}_fix",
+            "a\u{202e}b",
+            "x\u{2066}y",
+            "\u{feff}name",
+            "tab\there",
+            "soft\u{ad}hyphen",
+        ] {
+            let e = check_visible_name("backfill", bad).unwrap_err();
+            assert!(e.to_string().contains("invisible character U+"), "{e}");
+        }
+        for ok in ["alice_fix", "orders/2024", "café", "数据回填", "emoji_🚀"] {
+            assert!(check_visible_name("backfill", ok).is_ok(), "{ok}");
+        }
+    }
 }

@@ -55,7 +55,7 @@ fn wait_impl(run_id: i64, timeout: Option<Interval>) -> DripResult<String> {
     };
     security::as_catalog(|| {
         let run = catalog::read_run(run_id)?.ok_or(DripError::UnknownRun(run_id))?;
-        security::check_control(caller, catalog::run_owner(run_id)?, &run.backfill)?;
+        security::check_run_control(caller, run_id, catalog::run_owner(run_id)?, &run.backfill)?;
         // A run this transaction created (or changed) cannot make progress before it commits:
         // waiting here would block for ever.
         let xmin = Spi::get_one_with_args::<i64>(

@@ -14,6 +14,8 @@ pub struct AppError {
     pub sqlstate: Option<String>,
     pub detail: Option<Box<str>>,
     pub hint: Option<Box<str>>,
+    /// Seconds for a `Retry-After` header (429).
+    pub retry_after: Option<u64>,
 }
 
 impl AppError {
@@ -25,6 +27,7 @@ impl AppError {
             sqlstate: None,
             detail: None,
             hint: None,
+            retry_after: None,
         }
     }
 
@@ -70,6 +73,7 @@ impl From<tokio_postgres::Error> for AppError {
                     sqlstate: Some(code),
                     detail: db.detail().map(Box::from),
                     hint: db.hint().map(Box::from),
+                    retry_after: None,
                 }
             }
             None => AppError::new(
@@ -95,7 +99,12 @@ impl IntoResponse for AppError {
     fn into_response(self) -> Response {
         let status = self.status;
         let body = ErrorPage::render_error(&self);
-        (status, Html(body)).into_response()
+        let mut resp = (status, Html(body)).into_response();
+        if let Some(s) = self.retry_after {
+            resp.headers_mut()
+                .insert(axum::http::header::RETRY_AFTER, s.into());
+        }
+        resp
     }
 }
 

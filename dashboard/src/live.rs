@@ -17,6 +17,7 @@ use futures_util::{Stream, StreamExt};
 use tokio::sync::{broadcast, mpsc, watch};
 use tokio_postgres::AsyncMessage;
 
+use crate::db::connect::ConnectSpec;
 use crate::db::pool::Pool;
 use crate::db::queries::{self, LiveEvent};
 
@@ -69,12 +70,12 @@ impl Hub {
 
 /// Keeps one connection listening on `drip_events`, reconnecting (with LISTEN again and a
 /// resync signal) whenever it drops.
-pub fn spawn_listener(mut config: tokio_postgres::Config, hub: Arc<Hub>) {
-    config.application_name("drip-dashboard listen");
+pub fn spawn_listener(mut spec: ConnectSpec, hub: Arc<Hub>) {
+    spec.config.application_name("drip-dashboard listen");
     tokio::spawn(async move {
         let mut backoff = Duration::from_millis(200);
         loop {
-            match listen_once(&config, &hub).await {
+            match listen_once(&spec, &hub).await {
                 Ok(()) => backoff = Duration::from_millis(200),
                 Err(e) => eprintln!("drip-dashboard: LISTEN connection: {}", crate::describe(&e)),
             }
@@ -85,11 +86,8 @@ pub fn spawn_listener(mut config: tokio_postgres::Config, hub: Arc<Hub>) {
     });
 }
 
-async fn listen_once(
-    config: &tokio_postgres::Config,
-    hub: &Hub,
-) -> Result<(), tokio_postgres::Error> {
-    let (client, mut connection) = config.connect(tokio_postgres::NoTls).await?;
+async fn listen_once(spec: &ConnectSpec, hub: &Hub) -> Result<(), tokio_postgres::Error> {
+    let (client, mut connection) = spec.config.connect(spec.tls()).await?;
     let (ntx, mut nrx) = mpsc::unbounded_channel::<()>();
     let driver = tokio::spawn(async move {
         let mut messages = futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
@@ -136,11 +134,19 @@ pub fn stream(
     hub: Arc<Hub>,
     pool: Arc<Pool>,
     cursor: String,
+    signed_out: Option<watch::Receiver<bool>>,
 ) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
     let (tx, rx) = mpsc::channel::<Event>(16);
     let mut signals = hub.tx.subscribe();
     let mut ended = hub.generation.subscribe();
+    // Single-user mode has no sessions: a sender kept alive here never signs out.
+    let (_never, never_rx) = watch::channel(false);
+    let mut signed_out = signed_out.unwrap_or(never_rx);
     tokio::spawn(async move {
+        let _never = _never;
+        if *signed_out.borrow() {
+            return;
+        }
         let hello = Event::default()
             .event("ready")
             .id(cursor.clone())
@@ -194,6 +200,7 @@ pub fn stream(
                 },
                 _ = tokio::time::sleep(Duration::from_secs(1)), if settling => {}
                 _ = ended.changed() => return,
+                _ = crate::server::until_true(&mut signed_out) => return,
                 _ = tx.closed() => return,
             }
         }

@@ -22,6 +22,21 @@ async fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    if !config.listen.ip().is_loopback() {
+        if config.allowed_hosts.is_empty() && config.public_url.is_none() {
+            eprintln!(
+                "drip-dashboard: note: listening on {} but answering only to localhost, \
+                 127.0.0.1 and [::1] (421 otherwise): add --public-url URL or --allowed-host NAME",
+                config.listen
+            );
+        }
+        if !config.multi_user {
+            eprintln!(
+                "drip-dashboard: warning: single-user mode on a non-loopback address: whoever \
+                 reaches it acts as the database URL's role. Use --multi-user behind a TLS proxy."
+            );
+        }
+    }
     let state = match drip_dashboard::AppState::new(config).await {
         Ok(s) => s,
         Err(e) => {

@@ -206,7 +206,11 @@ async fn second_role_sees_nothing_of_the_first_and_gets_disabled_controls() {
             text_of(&c, "#error-message").await
         })
         .await;
-    assert_eq!(msg, format!("No run {arun} that your role may see."));
+    assert_eq!(
+        msg,
+        format!("run {arun} does not exist"),
+        "as if it did not exist"
+    );
     assert!(!b.c.source().await.unwrap().contains("alice_secret"));
 
     b.c.goto(&server.url(&format!("/runs/{brun}")))
@@ -499,4 +503,64 @@ async fn live_toggle_pauses_and_resumes_updates() {
         .unwrap();
     b.c.clone().close().await.unwrap();
     other.c.clone().close().await.unwrap();
+}
+
+/// 7. DNS rebinding: a page of `http://evil.example:PORT` (resolved to 127.0.0.1 by the
+///    browser) gets no data from the dashboard and cannot act on it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rebinding_page_gets_no_data_and_cannot_act() {
+    let db = TestDb::new("b_rebind").await;
+    db.slow_backfill(&db.alice, "alice_secret", 3000, 10, "200ms")
+        .await;
+    let run = db.start(&db.alice, "alice_secret", r#"{"step": 1}"#).await;
+    db.wait_status(run, &["running"], LIMIT).await;
+    let server = Server::start(&db.url(&db.alice), false, false).await;
+    let port = server.addr.port();
+    let b = Browser::start_with_args(&["--host-resolver-rules=MAP evil.example 127.0.0.1".into()])
+        .await;
+
+    // The attacker's page is served by the dashboard's port under the attacker's name.
+    b.c.goto(&format!("http://evil.example:{port}/runs/{run}"))
+        .await
+        .unwrap();
+    let src = b.c.source().await.unwrap();
+    assert!(src.contains("421"), "{src}");
+    assert!(
+        !src.contains("alice_secret") && !src.contains("csrf"),
+        "{src}"
+    );
+
+    // Its script reads and posts to its own origin (which is the dashboard): refused.
+    let out =
+        b.c.execute_async(
+            "const done = arguments[arguments.length - 1];
+             (async () => {
+               const page = await fetch('/runs/' + arguments[0]);
+               const text = await page.text();
+               const post = await fetch('/runs/' + arguments[0] + '/pause', {
+                 method: 'POST',
+                 headers: {'content-type': 'application/x-www-form-urlencoded'},
+                 body: 'csrf=guess'});
+               done([page.status, text.includes('alice_secret'), post.status]);
+             })().catch(e => done(String(e)));",
+            vec![run.into()],
+        )
+        .await
+        .unwrap();
+    assert_eq!(out, serde_json::json!([421, false, 421]), "{out}");
+    assert_eq!(db.status(run).await, "running", "nothing changed");
+
+    // The real name still works in the same browser.
+    b.c.goto(&server.url(&format!("/runs/{run}")))
+        .await
+        .unwrap();
+    b.wait_for("the run page", LIMIT, |c| async move {
+        (attr_of(&c, "#run-status", "data-status").await? == "running").then_some(())
+    })
+    .await;
+    db.superuser()
+        .await
+        .execute("SELECT drip.stop($1)", &[&run])
+        .await
+        .unwrap();
 }

@@ -49,8 +49,10 @@ async fn runs_page_lists_runs_with_counts_and_filters() {
     let page = http.get("/").await;
     assert_eq!(page.status, 200);
     assert_csp_clean(&page);
-    let cookie = page.headers.get("set-cookie").unwrap().to_str().unwrap();
-    assert!(cookie.contains("HttpOnly") && cookie.contains("SameSite=Strict"));
+    assert!(
+        page.headers.get("set-cookie").is_none(),
+        "anonymous visitors get no session"
+    );
     assert!(page.body.contains(&format!(r#"href="/runs/{r1}""#)));
     assert!(
         page.body.contains(r#"data-count="finished">2<"#),
@@ -295,7 +297,11 @@ async fn multi_user_login_runs_every_request_as_that_role() {
         )
         .await;
     assert_eq!(wrong.status, 401);
-    assert!(wrong.body.contains("28P01"), "{}", wrong.body);
+    assert!(
+        wrong.body.contains("Sign-in failed") && !wrong.body.contains("28P01"),
+        "one generic message, no PostgreSQL detail: {}",
+        wrong.body
+    );
     let ok = http
         .post(
             "/login",

@@ -2,11 +2,13 @@
 //! behind a safe function whose comment says why it is sound. Domain modules never touch
 //! `pg_sys` directly.
 
+pub mod before_image;
 pub mod client;
 pub mod extension;
 pub mod identity;
 pub mod parse;
 pub mod preload;
+pub mod scratch;
 pub mod settings;
 pub mod signals;
 pub mod subxact;

@@ -393,6 +393,17 @@ impl Runner {
                 counts
             });
 
+        // Undo data (runs with undo): the before-images of what the action changed.
+        crate::undo::capture(&crate::undo::BatchRange {
+            run_id: self.run_id,
+            batch_no: b.no,
+            low: b.low.as_deref(),
+            high: &b.high,
+            compiled: &self.compiled,
+            owner: self.owner,
+            search_path: &self.search_path,
+        });
+
         // The batch row, the cursor and the counters, with the event: one statement, in the
         // batch's transaction.
         let next_size = self

@@ -28,7 +28,7 @@ fn begin(run_id: i64) -> DripResult<()> {
     let caller = identity::current_user();
     security::as_catalog(|| {
         let run = catalog::lock_run(run_id)?;
-        security::check_control(caller, catalog::run_owner(run_id)?, &run.backfill)?;
+        security::check_run_control(caller, run_id, catalog::run_owner(run_id)?, &run.backfill)?;
         if !run.status.is_active() {
             return Err(DripError::WrongStatus {
                 action: "finish",

@@ -177,7 +177,7 @@ const RUN_COLUMNS: &str = "
     extract(epoch FROM p.eta)::float8, extract(epoch FROM p.elapsed)::float8, r.batches_done,
     extract(epoch FROM r.created_at)::float8, extract(epoch FROM r.start_at)::float8,
     extract(epoch FROM r.started_at)::float8, extract(epoch FROM r.finished_at)::float8,
-    p.last_error";
+    left(p.last_error, 2001)";
 
 fn run_row(row: &Row) -> AppResult<RunRow> {
     Ok(RunRow {
@@ -278,6 +278,44 @@ pub async fn run(db: &Client, id: i64) -> AppResult<Option<RunRow>> {
     }
 }
 
+/// The whole error of a run (its own, else its latest failed batch's, as drip.progress says).
+pub async fn run_error(db: &Client, id: i64) -> AppResult<Option<String>> {
+    Ok(db
+        .query_opt(
+            "SELECT last_error FROM drip.progress WHERE run_id = $1",
+            &[&id],
+        )
+        .await?
+        .map(|r| r.try_get::<_, Option<String>>(0))
+        .transpose()?
+        .flatten())
+}
+
+/// The whole error of one batch (its latest attempt's).
+pub async fn batch_error(db: &Client, run_id: i64, batch_no: i64) -> AppResult<Option<String>> {
+    Ok(db
+        .query_opt(
+            "SELECT error FROM drip.batches WHERE run_id = $1 AND batch_no = $2 AND error IS NOT NULL
+              ORDER BY started_at DESC LIMIT 1",
+            &[&run_id, &batch_no],
+        )
+        .await?
+        .map(|r| r.try_get::<_, Option<String>>(0))
+        .transpose()?
+        .flatten())
+}
+
+/// Whether row-level security shows the viewer run `id`.
+pub async fn run_visible(db: &Client, id: i64) -> AppResult<bool> {
+    Ok(db
+        .query_one(
+            "SELECT EXISTS (SELECT 1 FROM drip.runs WHERE id = $1)",
+            &[&id],
+        )
+        .await?
+        .try_get(0)?)
+}
+
 #[derive(Clone, Debug)]
 pub struct RunDetail {
     pub params: serde_json::Value,
@@ -299,7 +337,7 @@ pub async fn run_detail(db: &Client, id: i64) -> AppResult<Option<RunDetail>> {
     let row = db
         .query_opt(
             "SELECT params, definition, batch_size, extract(epoch FROM sleep)::float8,
-                    extract(epoch FROM target_batch_time)::float8, parallel, started_by::text, error,
+                    extract(epoch FROM target_batch_time)::float8, parallel, started_by::text, left(error, 2001),
                     after_run, next_batch_no, worker_pid, cursor, to_key
                FROM drip.runs WHERE id = $1",
             &[&id],
@@ -351,7 +389,7 @@ pub async fn batches(
         .query(
             "SELECT batch_no, low_key, high_key, rows, batch_size, slice, status, attempts,
                     extract(epoch FROM started_at)::float8, extract(epoch FROM duration)::float8,
-                    error, sqlstate
+                    left(error, 301), sqlstate
                FROM drip.batches
               WHERE run_id = $1 AND (NOT $2 OR error IS NOT NULL)
                 AND ($3::bigint IS NULL OR batch_no < $3)
@@ -467,7 +505,7 @@ pub async fn error_groups(db: &Client, run_id: i64) -> AppResult<Vec<ErrorGroup>
     let rows = db
         .query(
             "SELECT coalesce(sqlstate, '-----'), count(*), min(batch_no), max(batch_no),
-                    (array_agg(error ORDER BY batch_no DESC))[1]
+                    (array_agg(left(error, 301) ORDER BY batch_no DESC))[1]
                FROM drip.batches WHERE run_id = $1 AND error IS NOT NULL
               GROUP BY 1 ORDER BY 2 DESC, 1",
             &[&run_id],
@@ -480,7 +518,11 @@ pub async fn error_groups(db: &Client, run_id: i64) -> AppResult<Vec<ErrorGroup>
                 batches: r.try_get(1)?,
                 first_batch: r.try_get(2)?,
                 last_batch: r.try_get(3)?,
-                example: r.try_get(4)?,
+                example: crate::views::fmt::clip(
+                    &r.try_get::<_, String>(4)?,
+                    crate::views::fmt::ERROR_IN_LIST,
+                )
+                .0,
             })
         })
         .collect()
@@ -499,7 +541,7 @@ pub struct RowError {
 pub async fn row_errors(db: &Client, run_id: i64, limit: i64) -> AppResult<Vec<RowError>> {
     let rows = db
         .query(
-            "SELECT batch_no, key, error, sqlstate, extract(epoch FROM at)::float8, resolved_at IS NOT NULL
+            "SELECT batch_no, key, left(error, 301), sqlstate, extract(epoch FROM at)::float8, resolved_at IS NOT NULL
                FROM drip.row_errors WHERE run_id = $1 ORDER BY at DESC LIMIT $2",
             &[&run_id, &limit],
         )

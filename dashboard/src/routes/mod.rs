@@ -20,6 +20,7 @@ use serde::Deserialize;
 use crate::auth::Viewer;
 use crate::db::queries::{self, Rights};
 use crate::error::{AppError, AppResult};
+use crate::host::HostPolicy;
 use crate::views::pages::Chrome;
 use crate::{assets, live, AppState};
 
@@ -29,7 +30,7 @@ pub const CSP: &str =
 connect-src 'self'; font-src 'self'; object-src 'none'; base-uri 'none'; form-action 'self'; \
 frame-ancestors 'none'";
 
-pub fn router(state: Arc<AppState>) -> Router {
+pub fn router(state: Arc<AppState>, hosts: Arc<HostPolicy>) -> Router {
     Router::new()
         .route("/", get(runs::list))
         .route("/backfills", get(backfills::list))
@@ -40,8 +41,10 @@ pub fn router(state: Arc<AppState>) -> Router {
         )
         .route("/runs/{id}", get(run::show))
         .route("/runs/{id}/alter", post(run::alter))
+        .route("/runs/{id}/error", get(run::full_error))
         .route("/runs/{id}/{action}", post(run::control))
         .route("/live", get(live_stream))
+        .route("/metrics", get(crate::metrics::serve))
         .route("/login", get(session::login_form).post(session::login))
         .route("/logout", post(session::logout))
         .route("/assets/{file}", get(assets::serve))
@@ -50,6 +53,8 @@ pub fn router(state: Arc<AppState>) -> Router {
             Arc::clone(&state),
             crate::auth::gate,
         ))
+        // Outermost but for the headers: a foreign Host gets nothing else.
+        .layer(middleware::from_fn_with_state(hosts, crate::host::guard))
         .layer(middleware::from_fn(security_headers))
         .with_state(state)
 }
@@ -105,7 +110,8 @@ async fn live_stream(
             queries::head_cursor(&db).await?
         }
     };
-    Ok(live::stream(Arc::clone(&state.hub), viewer.pool, cursor).into_response())
+    let signed_out = viewer.signed_out();
+    Ok(live::stream(Arc::clone(&state.hub), viewer.pool, cursor, signed_out).into_response())
 }
 
 /// The frame of a page for this viewer.
@@ -120,9 +126,10 @@ pub fn chrome(
         title,
         nav,
         role: rights.role.clone(),
+        superuser: rights.superuser,
         multi_user: state.config.multi_user,
         read_only: state.config.read_only,
-        csrf: viewer.session.csrf.clone(),
+        csrf: viewer.csrf.clone(),
         cursor: String::new(),
         live_src: String::new(),
         live_run: 0,

@@ -49,9 +49,7 @@ pub async fn show(
         queries::run(&db, id).await?,
         queries::run_detail(&db, id).await?,
     ) else {
-        return Err(AppError::not_found(format!(
-            "No run {id} that your role may see."
-        )));
+        return Err(run_not_found(id));
     };
     let now = fmt::now_epoch();
     let errors_only = q.errors.as_deref() == Some("1");
@@ -103,7 +101,8 @@ pub async fn show(
         sparkline: svg::sparkline(&queries::throughput(&db, id, 60).await?),
         timeline: svg::timeline(&stats.marks),
         timeline_note,
-        run_error: detail.error.clone().unwrap_or_default(),
+        run_error: fmt::clip(detail.error.as_deref().unwrap_or(""), fmt::ERROR_ON_PAGE).0,
+        run_error_cut: fmt::clip(detail.error.as_deref().unwrap_or(""), fmt::ERROR_ON_PAGE).1,
         errors: stats.errors,
         batches,
         errors_only,
@@ -197,6 +196,54 @@ async fn run_stats(
     Ok(stats)
 }
 
+/// A run the viewer may not see answers exactly like one that does not exist (404, no name,
+/// no owner), before any drip.* function is asked.
+pub async fn require_visible(db: &tokio_postgres::Client, id: i64) -> AppResult<()> {
+    if queries::run_visible(db, id).await? {
+        Ok(())
+    } else {
+        Err(run_not_found(id))
+    }
+}
+
+pub fn run_not_found(id: i64) -> AppError {
+    AppError::not_found(format!("run {id} does not exist"))
+}
+
+#[derive(Deserialize)]
+pub struct ErrorQuery {
+    batch: Option<i64>,
+}
+
+/// `GET /runs/{id}/error[?batch=N]`: the whole error text the pages cut short, as plain text
+/// (the run's, or one batch's), read as the viewer.
+pub async fn full_error(
+    viewer: Viewer,
+    Path(id): Path<i64>,
+    Query(q): Query<ErrorQuery>,
+) -> AppResult<Response> {
+    let db = viewer.pool.get().await?;
+    require_visible(&db, id).await?;
+    let text = match q.batch {
+        Some(no) => queries::batch_error(&db, id, no).await?,
+        None => queries::run_error(&db, id).await?,
+    };
+    let Some(text) = text else {
+        return Err(AppError::not_found(match q.batch {
+            Some(no) => format!("batch {no} of run {id} has no error"),
+            None => format!("run {id} has no error"),
+        }));
+    };
+    Ok((
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; charset=utf-8",
+        )],
+        text,
+    )
+        .into_response())
+}
+
 #[derive(Deserialize)]
 pub struct ControlForm {
     return_to: Option<String>,
@@ -212,6 +259,7 @@ pub async fn control(
     let action = Control::parse(&action)
         .ok_or_else(|| AppError::not_found(format!("no action “{action}”")))?;
     let db = viewer.pool.get().await?;
+    require_visible(&db, id).await?;
     queries::control(&db, action, id).await?;
     let back = safe_return(form.return_to.as_deref(), &format!("/runs/{id}"));
     Ok(Redirect::to(&back).into_response())
@@ -240,6 +288,7 @@ pub async fn alter(
         .map(str::trim)
         .filter(|s| !s.is_empty());
     let db = viewer.pool.get().await?;
+    require_visible(&db, id).await?;
     queries::alter(&db, id, batch_size, sleep).await?;
     Ok(Redirect::to(&format!("/runs/{id}")).into_response())
 }

@@ -1,19 +1,17 @@
-//! Multi-user login and logout. A login is checked by PostgreSQL itself: connecting as the
-//! role with the password either works or it does not.
+//! Multi-user login and logout. A login is checked by PostgreSQL itself (see `login`).
 
 use std::sync::Arc;
 
 use askama::Template;
 use axum::extract::State;
-use axum::http::StatusCode;
 use axum::response::{IntoResponse, Redirect, Response};
-use axum::Form;
+use axum::{Extension, Form};
 use serde::Deserialize;
 
-use crate::auth::{set_cookie, AnySession};
-use crate::db::pool::Pool;
+use crate::auth::{clear_cookie, set_cookie, MaybeSession};
 use crate::error::AppResult;
 use crate::routes::html;
+use crate::server::ClientAddr;
 use crate::views::pages::{Chrome, LoginPage};
 use crate::AppState;
 
@@ -33,12 +31,12 @@ fn login_page(state: &AppState, csrf: &str, user: &str, error: String) -> AppRes
 
 pub async fn login_form(
     State(state): State<Arc<AppState>>,
-    AnySession(session): AnySession,
+    MaybeSession { session, csrf }: MaybeSession,
 ) -> AppResult<Response> {
-    if !state.config.multi_user {
+    if !state.config.multi_user || session.is_some() {
         return Ok(Redirect::to("/").into_response());
     }
-    Ok(html(login_page(&state, &session.csrf, "", String::new())?))
+    Ok(html(login_page(&state, &csrf, "", String::new())?))
 }
 
 #[derive(Deserialize)]
@@ -49,42 +47,51 @@ pub struct LoginForm {
 
 pub async fn login(
     State(state): State<Arc<AppState>>,
-    AnySession(session): AnySession,
+    MaybeSession { session, csrf }: MaybeSession,
+    addr: Option<Extension<ClientAddr>>,
     Form(form): Form<LoginForm>,
 ) -> AppResult<Response> {
     if !state.config.multi_user {
         return Ok(Redirect::to("/").into_response());
     }
     let user = form.user.trim().to_string();
-    let mut config = state.base.clone();
-    config.user(&user).password(form.password.as_bytes());
-    match Pool::connect(&config).await {
-        Ok(client) => {
-            drop(client);
-            // A new session id at login (the old one may have been seen by someone else).
-            state.sessions.remove(&session.id);
-            let fresh = state.sessions.create(Some(Pool::new(config)))?;
+    let addr = addr.map(|Extension(ClientAddr(a))| a.ip());
+    match crate::login::sign_in(&state, &user, &form.password, addr).await {
+        Ok(fresh) => {
+            // A new session id at every login; an earlier session of this browser ends.
+            if let Some(old) = session {
+                state.sessions.remove(&old.id);
+            }
             let mut resp = Redirect::to("/").into_response();
-            set_cookie(&mut resp, &fresh.id);
+            set_cookie(&mut resp, &fresh.id, state.secure_cookies);
             Ok(resp)
         }
         Err(e) => {
-            let msg = format!("PostgreSQL refused the login: {}", crate::describe(&e));
-            let body = login_page(&state, &session.csrf, &user, msg)?;
-            Ok((StatusCode::UNAUTHORIZED, html(body)).into_response())
+            let body = login_page(&state, &csrf, &user, e.message.clone())?;
+            let mut resp = (e.status, html(body)).into_response();
+            if let Some(s) = e.retry_after {
+                resp.headers_mut()
+                    .insert(axum::http::header::RETRY_AFTER, s.into());
+            }
+            Ok(resp)
         }
     }
 }
 
+/// Ends the session (its event streams too) and tells the browser to forget the cookie.
 pub async fn logout(
     State(state): State<Arc<AppState>>,
-    AnySession(session): AnySession,
+    MaybeSession { session, .. }: MaybeSession,
 ) -> AppResult<Response> {
-    state.sessions.remove(&session.id);
+    if let Some(s) = session {
+        state.sessions.remove(&s.id);
+    }
     let target = if state.config.multi_user {
         "/login"
     } else {
         "/"
     };
-    Ok(Redirect::to(target).into_response())
+    let mut resp = Redirect::to(target).into_response();
+    clear_cookie(&mut resp, state.secure_cookies);
+    Ok(resp)
 }

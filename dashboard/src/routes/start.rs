@@ -184,9 +184,9 @@ pub async fn form(
     let mut values = Values::default();
     let mut overrides: [String; 4] = Default::default();
     if let Some(run_id) = q.from_run {
-        let detail = queries::run_detail(&db, run_id).await?.ok_or_else(|| {
-            AppError::not_found(format!("No run {run_id} that your role may see."))
-        })?;
+        let detail = queries::run_detail(&db, run_id)
+            .await?
+            .ok_or_else(|| crate::routes::run::run_not_found(run_id))?;
         if let Value::Object(m) = detail.params {
             values.params = m;
         }

@@ -2,6 +2,19 @@
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
+/// At most this much of an error text in a list (runs, batches, row errors, events).
+pub const ERROR_IN_LIST: usize = 300;
+/// At most this much of an error text as a page's main message.
+pub const ERROR_ON_PAGE: usize = 2000;
+
+/// The first `max` characters of `s`, with "…" when cut; and whether it was cut.
+pub fn clip(s: &str, max: usize) -> (String, bool) {
+    match s.char_indices().nth(max) {
+        Some((at, _)) => (format!("{}…", &s[..at]), true),
+        None => (s.to_string(), false),
+    }
+}
+
 pub fn now_epoch() -> f64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -141,6 +154,13 @@ pub fn eta(eta_secs: Option<f64>, status: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn clipping_keeps_characters_whole() {
+        assert_eq!(clip("short", 10), ("short".to_string(), false));
+        assert_eq!(clip("ééééé", 2), ("éé…".to_string(), true));
+        assert_eq!(clip(&"x".repeat(1_000_000), 300).0.chars().count(), 301);
+    }
 
     #[test]
     fn counts_group_thousands() {

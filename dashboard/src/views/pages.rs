@@ -16,6 +16,8 @@ pub struct Chrome {
     pub title: String,
     pub nav: &'static str,
     pub role: String,
+    /// The viewer's role is a superuser (row-level security does not apply to it).
+    pub superuser: bool,
     pub multi_user: bool,
     pub read_only: bool,
     pub csrf: String,
@@ -98,6 +100,8 @@ pub struct RunView {
     pub throttled: String,
     pub note: String,
     pub last_error: String,
+    /// The error was cut: the full text is at `/runs/{id}/error`.
+    pub last_error_cut: bool,
     pub rows_failed: String,
     pub controls: Vec<ControlView>,
 }
@@ -130,7 +134,8 @@ impl RunView {
             start_at: When::opt(r.start_at, now),
             throttled: r.throttled.clone().unwrap_or_default(),
             note: r.note.clone().unwrap_or_default(),
-            last_error: r.last_error.clone().unwrap_or_default(),
+            last_error: fmt::clip(r.last_error.as_deref().unwrap_or(""), fmt::ERROR_IN_LIST).0,
+            last_error_cut: fmt::clip(r.last_error.as_deref().unwrap_or(""), fmt::ERROR_IN_LIST).1,
             rows_failed: if r.rows_failed > 0 {
                 fmt::count(r.rows_failed)
             } else {
@@ -400,6 +405,7 @@ pub struct BatchView {
     pub started: When,
     pub duration: String,
     pub error: String,
+    pub error_cut: bool,
     pub sqlstate: String,
 }
 
@@ -418,7 +424,8 @@ impl BatchView {
             attempts: b.attempts,
             started: When::at(b.started_at, now),
             duration: fmt::opt_duration(b.duration_secs),
-            error: b.error.clone().unwrap_or_default(),
+            error: fmt::clip(b.error.as_deref().unwrap_or(""), fmt::ERROR_IN_LIST).0,
+            error_cut: fmt::clip(b.error.as_deref().unwrap_or(""), fmt::ERROR_IN_LIST).1,
             sqlstate: b.sqlstate.clone().unwrap_or_default(),
         }
     }
@@ -447,7 +454,7 @@ impl EventView {
         }
         for key in ["reason", "error"] {
             if let Some(s) = p.get(key).and_then(|v| v.as_str()) {
-                parts.push(s.to_string());
+                parts.push(fmt::clip(s, fmt::ERROR_IN_LIST).0);
             }
         }
         EventView {
@@ -474,7 +481,7 @@ impl RowErrorView {
         RowErrorView {
             batch_no: r.batch_no,
             key: fmt::key(&r.key),
-            error: r.error.clone(),
+            error: fmt::clip(&r.error, fmt::ERROR_IN_LIST).0,
             sqlstate: r.sqlstate.clone(),
             at: When::at(r.at, now),
             resolved: r.resolved,
@@ -490,6 +497,8 @@ pub struct RunLive {
     pub timeline: String,
     pub timeline_note: String,
     pub run_error: String,
+    /// The run's error was cut: the full text is at `/runs/{id}/error`.
+    pub run_error_cut: bool,
     pub errors: Vec<ErrorGroup>,
     pub batches: Vec<BatchView>,
     pub errors_only: bool,
@@ -558,6 +567,13 @@ pub struct ErrorPage {
 
 impl ErrorPage {
     pub fn render_error(e: &AppError) -> String {
+        // A database error can carry a huge text: the page shows its beginning.
+        let mut e = e.clone();
+        e.message = fmt::clip(&e.message, fmt::ERROR_ON_PAGE).0;
+        e.detail = e
+            .detail
+            .map(|d| Box::from(fmt::clip(&d, fmt::ERROR_ON_PAGE).0.as_str()));
+        let e = &e;
         let page = ErrorPage {
             chrome: Chrome {
                 title: e.title.to_string(),

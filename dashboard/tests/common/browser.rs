@@ -41,6 +41,11 @@ fn free_port() -> u16 {
 
 impl Browser {
     pub async fn start() -> Browser {
+        Browser::start_with_args(&[]).await
+    }
+
+    /// A browser with extra command-line switches (e.g. `--host-resolver-rules=...`).
+    pub async fn start_with_args(extra: &[String]) -> Browser {
         for f in [CHROMIUM, CHROMEDRIVER] {
             assert!(
                 std::path::Path::new(f).exists(),
@@ -75,6 +80,13 @@ impl Browser {
                 ]
             }),
         );
+        if let Some(args) = caps
+            .get_mut("goog:chromeOptions")
+            .and_then(|o| o.get_mut("args"))
+            .and_then(|a| a.as_array_mut())
+        {
+            args.extend(extra.iter().cloned().map(serde_json::Value::from));
+        }
         let url = format!("http://127.0.0.1:{port}");
         let start = Instant::now();
         let c = loop {

@@ -70,14 +70,35 @@ impl Http {
     }
 
     pub async fn get(&mut self, path: &str) -> Page {
-        let req = axum::http::Request::get(format!("{}{path}", self.base));
+        self.get_with(path, &[]).await
+    }
+
+    /// A GET with extra headers (`host`, `origin`, ...).
+    pub async fn get_with(&mut self, path: &str, headers: &[(&str, &str)]) -> Page {
+        let mut req = axum::http::Request::get(format!("{}{path}", self.base));
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
         self.send(req, Body::default()).await
     }
 
     pub async fn post(&mut self, path: &str, form: &[(&str, &str)]) -> Page {
+        self.post_with(path, form, &[]).await
+    }
+
+    /// A form POST with extra headers.
+    pub async fn post_with(
+        &mut self,
+        path: &str,
+        form: &[(&str, &str)],
+        headers: &[(&str, &str)],
+    ) -> Page {
         let body = serde_urlencoded::to_string(form).unwrap();
-        let req = axum::http::Request::post(format!("{}{path}", self.base))
+        let mut req = axum::http::Request::post(format!("{}{path}", self.base))
             .header("content-type", "application/x-www-form-urlencoded");
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
         self.send(req, Full::new(body.into())).await
     }
 }

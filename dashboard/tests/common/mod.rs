@@ -185,6 +185,15 @@ impl Cluster {
     }
 }
 
+/// The defaults, with this database URL and a free loopback port.
+pub fn config(url: &str) -> Config {
+    Config {
+        database_url: url.to_string(),
+        listen: "127.0.0.1:0".parse().unwrap(),
+        ..Config::default()
+    }
+}
+
 /// A dashboard served in-process on a loopback port.
 pub struct Server {
     pub addr: SocketAddr,
@@ -195,12 +204,15 @@ pub struct Server {
 
 impl Server {
     pub async fn start(url: &str, multi_user: bool, read_only: bool) -> Server {
-        let config = Config {
-            database_url: url.to_string(),
-            listen: "127.0.0.1:0".parse().unwrap(),
+        Server::start_with(Config {
             multi_user,
             read_only,
-        };
+            ..config(url)
+        })
+        .await
+    }
+
+    pub async fn start_with(config: Config) -> Server {
         let state = AppState::new(config).await.expect("dashboard state");
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let mut s = Server {

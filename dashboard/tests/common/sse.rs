@@ -21,8 +21,20 @@ pub struct Sse {
 
 impl Sse {
     pub async fn open(url: &str, last_event_id: Option<&str>) -> Sse {
+        Sse::open_with_cookie(url, last_event_id, None).await
+    }
+
+    /// A stream of a signed-in session (`cookie` is `name=value`).
+    pub async fn open_with_cookie(
+        url: &str,
+        last_event_id: Option<&str>,
+        cookie: Option<&str>,
+    ) -> Sse {
         let client = Client::builder(TokioExecutor::new()).build_http::<Empty<axum::body::Bytes>>();
         let mut req = axum::http::Request::get(url).header("accept", "text/event-stream");
+        if let Some(c) = cookie {
+            req = req.header("cookie", c);
+        }
         if let Some(id) = last_event_id {
             req = req.header("last-event-id", id);
         }
@@ -76,6 +88,18 @@ impl Sse {
                 .expect("stream error");
             if let Ok(data) = frame.into_data() {
                 self.buf.push_str(&String::from_utf8_lossy(&data));
+            }
+        }
+    }
+
+    /// Whether the server ends the stream within `limit` (events before the end are skipped).
+    pub async fn ends_within(&mut self, limit: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            match tokio::time::timeout_at(deadline, self.body.frame()).await {
+                Err(_) => return false,
+                Ok(None) | Ok(Some(Err(_))) => return true,
+                Ok(Some(Ok(_))) => {}
             }
         }
     }

@@ -11,10 +11,12 @@ mod edges;
 mod engine;
 mod events;
 mod features;
+mod preview;
 mod private_events;
 mod resilience;
 mod security;
 mod tuning;
+mod undo;
 
 /// Live tests share one database and the `drip.max_runs` slots, so they run one at a time.
 static SERIAL: Mutex<()> = Mutex::new(());
