@@ -430,36 +430,49 @@ pub struct TimelineMark {
     pub avg_secs: Option<f64>,
     pub max_secs: Option<f64>,
     pub rows: Option<i64>,
+    /// The slice (a parallel run's slice, a Citus shard's sub-run) whose lane the mark is in;
+    /// None for a run walked by one worker.
+    pub lane: Option<i32>,
 }
 
-/// At most `marks` marks over all of the run's batches, in key order: batch number order, and
-/// for a parallel run slice by slice (slices are contiguous key ranges in slice order).
+/// At most `marks` marks over all of the run's batches, in key order: batch number order; for a
+/// parallel run (slices, or a Citus run's sub-runs, one per shard) one lane per slice, each in
+/// its own batch order, at most `marks` marks in all (at least 20 per lane).
 pub async fn timeline(
     db: &Client,
     run_id: i64,
     parallel: bool,
     marks: i64,
 ) -> AppResult<Vec<TimelineMark>> {
-    // Batch numbers are in key order unless slices interleave them; then rank them first.
-    let position = if parallel {
-        "row_number() OVER (ORDER BY coalesce(slice, 0), batch_no) - 1"
+    let sql = if parallel {
+        // One lane per slice: positions and bucket sizes within the slice.
+        "WITH b AS (SELECT batch_no, slice, status, error, duration, rows,
+                           row_number() OVER (PARTITION BY slice ORDER BY batch_no) - 1 AS pos,
+                           count(*) OVER (PARTITION BY slice) AS total
+                      FROM drip.batches WHERE run_id = $1),
+              l AS (SELECT greatest(20, $2 / greatest(count(DISTINCT slice), 1)) AS per_lane FROM b)
+         SELECT min(batch_no), max(batch_no), count(*),
+                bool_or(status = 'failed'), bool_or(status = 'running'),
+                bool_or(status = 'completed' AND error IS NOT NULL),
+                avg(extract(epoch FROM duration))::float8, max(extract(epoch FROM duration))::float8,
+                sum(rows)::bigint, slice
+           FROM b, l
+          GROUP BY slice, pos * l.per_lane / total
+          ORDER BY slice, pos * l.per_lane / total"
     } else {
-        "batch_no - 1"
-    };
-    let sql = format!(
         "WITH n AS (SELECT greatest(max(batch_no), 1) AS total FROM drip.batches WHERE run_id = $1),
-              b AS (SELECT batch_no, status, error, duration, rows, {position} AS pos
+              b AS (SELECT batch_no, status, error, duration, rows, batch_no - 1 AS pos
                       FROM drip.batches WHERE run_id = $1)
          SELECT min(batch_no), max(batch_no), count(*),
                 bool_or(status = 'failed'), bool_or(status = 'running'),
                 bool_or(status = 'completed' AND error IS NOT NULL),
                 avg(extract(epoch FROM duration))::float8, max(extract(epoch FROM duration))::float8,
-                sum(rows)::bigint
+                sum(rows)::bigint, NULL::integer
            FROM b, n
           GROUP BY pos * $2 / n.total
           ORDER BY pos * $2 / n.total"
-    );
-    let rows = db.query(&sql, &[&run_id, &marks]).await?;
+    };
+    let rows = db.query(sql, &[&run_id, &marks]).await?;
     rows.iter()
         .map(|r| {
             Ok(TimelineMark {
@@ -472,6 +485,7 @@ pub async fn timeline(
                 avg_secs: r.try_get(6)?,
                 max_secs: r.try_get(7)?,
                 rows: r.try_get(8)?,
+                lane: r.try_get(9)?,
             })
         })
         .collect()

@@ -57,24 +57,49 @@ pub fn sparkline(values: &[f64]) -> String {
 }
 
 /// The batch timeline: one mark per batch (or per stretch of batches when there are many) in
-/// key order; colour = status, height = duration relative to the slowest mark.
+/// key order; colour = status, height = duration relative to the slowest mark. A parallel run
+/// (slices, or a Citus run's sub-runs, one per shard) gets one lane per slice, stacked.
 pub fn timeline(marks: &[TimelineMark]) -> String {
     if marks.is_empty() {
         return r#"<p class="muted empty-inline">No batches yet.</p>"#.into();
     }
-    let h = 48.0_f64;
-    let gap = if marks.len() > 150 { 0.0 } else { 1.0 };
+    let mut lanes: Vec<Option<i32>> = marks.iter().map(|m| m.lane).collect();
+    lanes.dedup();
+    let laned = lanes.len() > 1 || lanes.first().is_some_and(Option::is_some);
+    let lane_h = if laned { 14.0_f64 } else { 48.0_f64 };
+    let h = lane_h * lanes.len() as f64;
+    let per_lane = |lane: Option<i32>| marks.iter().filter(|m| m.lane == lane).count();
+    let widest = lanes.iter().map(|l| per_lane(*l)).max().unwrap_or(0);
+    let gap = if widest > 150 { 0.0 } else { 1.0 };
     let bw = 4.0_f64;
-    let w = marks.len() as f64 * (bw + gap);
+    let w = (widest as f64 * (bw + gap)).max(bw);
     let slowest = marks
         .iter()
         .filter_map(|m| m.max_secs)
         .fold(0.0_f64, f64::max)
         .max(1e-6);
+    let class = if laned { "timeline lanes" } else { "timeline" };
+    // Lanes: as tall as they are many (app.css lets the attribute decide).
+    let height = if laned {
+        format!(r#" height="{}""#, 10 * lanes.len())
+    } else {
+        String::new()
+    };
     let mut out = format!(
-        r#"<svg class="timeline" viewBox="0 0 {w} {h}" preserveAspectRatio="none" role="img" aria-label="batch timeline">"#
+        r#"<svg class="{class}" viewBox="0 0 {w} {h}" preserveAspectRatio="none" role="img" aria-label="batch timeline"{height}>"#
     );
-    for (i, m) in marks.iter().enumerate() {
+    let mut lane_no = 0usize;
+    let mut index = 0usize;
+    let mut current = marks.first().map(|m| m.lane).unwrap_or(None);
+    for m in marks.iter() {
+        if m.lane != current {
+            current = m.lane;
+            lane_no += 1;
+            index = 0;
+        }
+        let i = index;
+        index += 1;
+        let top = lane_no as f64 * lane_h;
         let class = if m.failed {
             "failed"
         } else if m.running {
@@ -85,17 +110,21 @@ pub fn timeline(marks: &[TimelineMark]) -> String {
             "completed"
         };
         let secs = m.max_secs.unwrap_or(0.0);
+        let room = if laned { lane_h - 2.0 } else { lane_h };
         let bar_h = if m.running && m.max_secs.is_none() {
-            h
+            room
         } else {
-            (4.0 + (secs / slowest) * (h - 4.0)).min(h)
+            (2.0 + (secs / slowest) * (room - 2.0)).min(room)
         };
         let x = i as f64 * (bw + gap);
-        let what = if m.count == 1 {
+        let mut what = if m.count == 1 {
             format!("batch {}", m.first)
         } else {
             format!("batches {}–{} ({})", m.first, m.last, m.count)
         };
+        if let Some(lane) = m.lane {
+            what = format!("slice {lane}, {what}");
+        }
         let took = match (m.count, m.avg_secs, m.max_secs) {
             (_, None, _) => "still running".to_string(),
             (1, Some(a), _) => fmt::duration(a),
@@ -109,7 +138,7 @@ pub fn timeline(marks: &[TimelineMark]) -> String {
             out,
             r#"<rect class="tl {class}" data-first="{first}" x="{x:.1}" y="{y:.1}" width="{bw}" height="{bar_h:.1}"><title>{what}: {class}, {took}, {rows} rows</title></rect>"#,
             first = m.first,
-            y = h - bar_h,
+            y = top + lane_h - bar_h,
             what = esc(&what),
             took = esc(&took),
         );
@@ -133,7 +162,27 @@ mod tests {
             avg_secs: Some(secs),
             max_secs: Some(secs),
             rows: Some(10),
+            lane: None,
         }
+    }
+
+    #[test]
+    fn a_parallel_run_gets_one_lane_per_slice() {
+        let in_lane = |lane: i32, first: i64| TimelineMark {
+            lane: Some(lane),
+            ..mark(first, false, 0.1)
+        };
+        let marks = [in_lane(0, 1), in_lane(0, 3), in_lane(1, 2), in_lane(2, 4)];
+        let svg = timeline(&marks);
+        assert!(svg.contains(r#"class="timeline lanes""#));
+        assert!(svg.contains(r#"viewBox="0 0 10 42""#), "{svg}");
+        assert_eq!(svg.matches("<rect").count(), 4);
+        // Each lane starts at x = 0, one lane height (14) further down; bars stand on the
+        // lane's floor (the slowest mark is 12 high).
+        assert!(svg.contains(r#"data-first="3" x="5.0" y="2.0""#), "{svg}");
+        assert!(svg.contains(r#"data-first="2" x="0.0" y="16.0""#), "{svg}");
+        assert!(svg.contains(r#"data-first="4" x="0.0" y="30.0""#), "{svg}");
+        assert!(svg.contains("slice 1, batch 2"));
     }
 
     #[test]
