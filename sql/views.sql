@@ -52,6 +52,11 @@ CROSS JOIN LATERAL (
 LEFT JOIN LATERAL (
     SELECT b.error FROM drip.batches b
     WHERE b.run_id = r.id AND b.status = 'failed' AND b.error IS NOT NULL
+      -- a failure to find the next batch is over once a later batch of its slice completed
+      AND NOT (b.rows = 0 AND b.high_key IS NOT DISTINCT FROM coalesce(b.low_key, '{}')
+               AND EXISTS (SELECT 1 FROM drip.batches c
+                           WHERE c.run_id = b.run_id AND c.batch_no > b.batch_no
+                             AND c.status = 'completed' AND c.slice IS NOT DISTINCT FROM b.slice))
     ORDER BY b.batch_no DESC, b.finished_at DESC LIMIT 1
 ) last_batch_error ON true
 -- A run on a Citus distributed table: its sub-runs (one per shard), and how many are done.

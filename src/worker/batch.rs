@@ -586,6 +586,48 @@ impl Runner {
         }
     }
 
+    /// No next batch could be found (its key range could not be read): a batch row, `failed`
+    /// with the error and the attempt, covering no keys (`high_key` = `low_key`, the cursor),
+    /// and `batch_failed`. The next attempt that finds its range marks a new batch.
+    pub(super) fn record_boundary_failure(&self, e: &transaction::TxError, attempt: i32) {
+        let Some(run) = catalog::read_run(self.run_id).or_raise() else {
+            return;
+        };
+        if !matches!(run.status, RunStatus::Running) {
+            return;
+        }
+        let message = format!("finding the next batch failed: {}", e.message);
+        // Numbered like any batch: under the run row's lock, one past the run's highest.
+        let no = Spi::connect_mut(|c| {
+            c.update(
+                "SELECT 1 FROM drip.runs WHERE id = $1 FOR NO KEY UPDATE",
+                None,
+                &[self.run_id.into()],
+            )?;
+            let t = c.update(
+                "WITH n AS (SELECT coalesce(max(batch_no), 0) + 1 AS no FROM drip.batches WHERE run_id = $1) \
+                 INSERT INTO drip.batches (run_id, batch_no, low_key, high_key, status, attempts, \
+                                           finished_at, error, sqlstate, slice, rows) \
+                 SELECT $1, n.no, $2, coalesce($2, '{}'::text[]), 'failed', $3, clock_timestamp(), $4, $5, $6, 0 \
+                 FROM n RETURNING batch_no",
+                None,
+                &[
+                    self.run_id.into(),
+                    self.cursor.clone().into(),
+                    attempt.into(),
+                    message.as_str().into(),
+                    e.sqlstate.as_str().into(),
+                    self.slice.into(),
+                ],
+            )?;
+            t.first().get_one::<i64>()
+        })
+        .or_raise_spi()
+        .unwrap_or(0);
+        let text = format!("{message} (SQLSTATE {})", e.sqlstate);
+        catalog::notify_batch(&run, BatchStatus::Failed, no, 0, Some(&text)).or_raise();
+    }
+
     /// Record a failed attempt. Returns true when the run failed for good.
     pub(super) fn record_failure(&self, b: &Batch, e: &transaction::TxError) -> bool {
         let message = format!("{} (SQLSTATE {})", e.message, e.sqlstate);

@@ -311,6 +311,14 @@ impl Runner {
             e.message,
             e.sqlstate
         );
+        // On record like a batch's failure: a failed batch row and batch_failed.
+        if let Err(e2) = transaction::run(|| self.record_boundary_failure(e, failures)) {
+            warning!(
+                "data_drip run {}: cannot record the failure: {}",
+                self.run_id,
+                e2.message
+            );
+        }
         if failures >= self.max_attempts {
             let message = format!("{} (SQLSTATE {})", e.message, e.sqlstate);
             let _ = transaction::run(|| fail_run(self.run_id, &message));

@@ -164,3 +164,73 @@ fn terminating_a_worker_mid_statement_rolls_the_batch_back_and_redoes_it() {
         3
     );
 }
+
+/// A next batch whose key range cannot be read (here: its owner lost SELECT between batches) is
+/// on record like a failed batch: a failed `drip.batches` row with the error and its
+/// SQLSTATE, a `batch_failed` event, `drip.progress.last_error`; after `max_attempts` such
+/// failures the run fails.
+#[test]
+fn a_failure_to_find_the_next_batch_is_recorded_like_a_batch_failure() {
+    let mut db = db();
+    db.exec(
+        "DO $$ BEGIN
+           IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'bf_owner') THEN
+             CREATE ROLE bf_owner LOGIN;
+           END IF;
+         END $$;
+         GRANT USAGE ON SCHEMA drip TO bf_owner;
+         CREATE TABLE bf_t (id int PRIMARY KEY, n int NOT NULL DEFAULT 0);
+         INSERT INTO bf_t (id) SELECT g FROM generate_series(1, 100) g;
+         GRANT SELECT, UPDATE ON bf_t TO bf_owner;",
+    );
+    let mut owner = super::connect_as("bf_owner");
+    owner
+        .batch_execute(
+            "SELECT drip.register('bf', 'public.bf_t', 'SET n = n + 1', batch_size => 10,
+                 sleep => '1 second', max_attempts => 2)",
+        )
+        .unwrap();
+    let run: i64 = owner
+        .query_one("SELECT drip.start('bf')", &[])
+        .unwrap()
+        .get(0);
+    db.wait_until(
+        &format!("SELECT count(*) FROM drip.batches WHERE run_id = {run} AND status = 'completed'"),
+        2,
+        Duration::from_secs(10),
+        "no batch completed",
+    );
+    // Revoked while the runner sleeps between batches (1 s, against a batch of a millisecond):
+    // the next thing it does is look for the next batch's range. (Revoked while the run is
+    // paused, the runner could not even start: that is on record as the run's error.)
+    db.exec("REVOKE SELECT ON bf_t FROM bf_owner");
+    assert_eq!(db.wait_done(run), "failed");
+    // Two attempts at finding the next batch, each on record.
+    assert_eq!(
+        db.i64(&format!(
+            "SELECT count(*) FROM drip.batches WHERE run_id = {run} AND status = 'failed' \
+               AND sqlstate = '42501' AND error LIKE 'finding the next batch failed: permission denied%' \
+               AND rows = 0 AND high_key = low_key"
+        )),
+        2
+    );
+    assert_eq!(
+        db.i64(&format!(
+            "SELECT count(*) FROM drip.events e JOIN drip.batches b \
+               ON b.run_id = e.run_id AND b.batch_no = (e.payload->>'batch')::bigint \
+             WHERE e.run_id = {run} AND e.event = 'batch_failed' AND b.sqlstate = '42501'"
+        )),
+        2
+    );
+    assert!(db
+        .text(&format!(
+            "SELECT last_error FROM drip.progress WHERE run_id = {run}"
+        ))
+        .contains("permission denied"));
+    // Nothing was done twice or skipped: the batches before the pause, and no other row.
+    let done = db.i64(&format!(
+        "SELECT coalesce(sum(rows), 0)::bigint FROM drip.batches WHERE run_id = {run} AND status = 'completed'"
+    ));
+    assert_eq!(db.i64("SELECT count(*) FROM bf_t WHERE n = 1"), done);
+    assert_eq!(db.i64("SELECT count(*) FROM bf_t WHERE n > 1"), 0);
+}
