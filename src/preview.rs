@@ -428,7 +428,7 @@ pub(crate) fn range_query(
 }
 
 /// The rows of a key range `(low, high]` (`$1..$K` low when `has_low`, then high) with their
-/// canonical key text and the whole row as jsonb, in key order.
+/// canonical key text (`drip_k1..`) and the whole row as jsonb (`drip_row`), in key order.
 pub fn snapshot_sql(relation: &str, keys: &[String], plain_text: &[bool], has_low: bool) -> String {
     let k = keys.len();
     let row = |items: Vec<String>| {
@@ -444,10 +444,11 @@ pub fn snapshot_sql(relation: &str, keys: &[String], plain_text: &[bool], has_lo
         .iter()
         .enumerate()
         .map(|(i, c)| {
+            let n = i + 1;
             if plain_text.get(i).copied().unwrap_or(false) {
-                format!("drip_rows.{c}::text")
+                format!("drip_rows.{c}::text AS drip_k{n}")
             } else {
-                format!("drip.key_text(drip_rows.{c})")
+                format!("drip.key_text(drip_rows.{c}) AS drip_k{n}")
             }
         })
         .collect::<Vec<_>>()
@@ -463,7 +464,7 @@ pub fn snapshot_sql(relation: &str, keys: &[String], plain_text: &[bool], has_lo
         .collect::<Vec<_>>()
         .join(", ");
     format!(
-        "SELECT {text}, pg_catalog.to_jsonb(drip_rows) FROM {relation} AS drip_rows \
+        "SELECT {text}, pg_catalog.to_jsonb(drip_rows) AS drip_row FROM {relation} AS drip_rows \
          WHERE {range} ORDER BY {order}"
     )
 }
@@ -554,13 +555,13 @@ mod tests {
     fn snapshot_sql_for_single_and_composite_keys() {
         assert_eq!(
             snapshot_sql("public.t", &["id".into()], &[true], false),
-            "SELECT drip_rows.id::text, pg_catalog.to_jsonb(drip_rows) FROM public.t AS drip_rows \
-             WHERE drip_rows.id <= $1 ORDER BY drip_rows.id"
+            "SELECT drip_rows.id::text AS drip_k1, pg_catalog.to_jsonb(drip_rows) AS drip_row \
+             FROM public.t AS drip_rows WHERE drip_rows.id <= $1 ORDER BY drip_rows.id"
         );
         assert_eq!(
             snapshot_sql("t", &["a".into(), "\"B\"".into()], &[true, false], true),
-            "SELECT drip_rows.a::text, drip.key_text(drip_rows.\"B\"), pg_catalog.to_jsonb(drip_rows) \
-             FROM t AS drip_rows WHERE (drip_rows.a, drip_rows.\"B\") > ($1, $2) AND \
+            "SELECT drip_rows.a::text AS drip_k1, drip.key_text(drip_rows.\"B\") AS drip_k2, \
+             pg_catalog.to_jsonb(drip_rows) AS drip_row FROM t AS drip_rows WHERE (drip_rows.a, drip_rows.\"B\") > ($1, $2) AND \
              (drip_rows.a, drip_rows.\"B\") <= ($3, $4) ORDER BY drip_rows.a, drip_rows.\"B\""
         );
     }

@@ -270,3 +270,51 @@ fn other_roles_see_neither_undo_data_nor_conflicts() {
     );
     assert_eq!(code, "42501");
 }
+
+#[test]
+fn undo_in_the_foreground_with_follow_inserts_and_its_revert_in_the_foreground() {
+    let mut db = db();
+    db.exec(
+        "DROP TABLE IF EXISTS uv_fg;
+         CREATE TABLE uv_fg (id bigint PRIMARY KEY, n int NOT NULL DEFAULT 0);
+         INSERT INTO uv_fg (id) SELECT g FROM generate_series(1, 250) g;
+         SELECT drip.unregister(name) FROM drip.backfills WHERE name = 'uv_fg' OR name LIKE 'revert:%';
+         SELECT name FROM drip.register('uv_fg', 'uv_fg', 'SET n = n + 10', batch_size => 30,
+             sleep => '0', undo => true);",
+    );
+    // CALL drip.finish executes the batches in this session (the capture runs there too);
+    // follow_inserts walks past the keys that existed at start.
+    let run = db.start(
+        "SELECT drip.start('uv_fg', follow_inserts => true, start_at => now() + interval '1 hour')",
+    );
+    db.exec("INSERT INTO uv_fg (id) SELECT g FROM generate_series(251, 300) g");
+    db.exec(&format!("CALL drip.finish({run})"));
+    assert_eq!(db.status(run), "completed");
+    assert_eq!(db.i64("SELECT count(*) FROM uv_fg WHERE n = 10"), 300);
+    assert_eq!(
+        db.i64(&format!("SELECT rows FROM drip.undo_size({run})")),
+        300
+    );
+    db.exec("UPDATE uv_fg SET n = 99 WHERE id = 300");
+    // The revert is a run like any other: also finished in the foreground.
+    let revert = db.start(&format!("SELECT drip.revert({run})"));
+    db.exec(&format!("SELECT drip.pause({revert})"));
+    db.wait_until(
+        &format!(
+            "SELECT count(*) FROM drip.runs WHERE id = {revert} AND status = 'paused' AND worker_pid IS NULL"
+        ),
+        1,
+        Duration::from_secs(30),
+        "the revert is paused and let go",
+    );
+    db.exec(&format!("CALL drip.finish({revert})"));
+    assert_eq!(db.status(revert), "completed");
+    assert_eq!(db.i64("SELECT count(*) FROM uv_fg WHERE n = 0"), 299);
+    assert_eq!(db.i64("SELECT n::bigint FROM uv_fg WHERE id = 300"), 99);
+    assert_eq!(
+        db.text(&format!(
+            "SELECT string_agg(key::text || ' ' || reason, ', ') FROM drip.revert_conflicts WHERE run_id = {revert}"
+        )),
+        "{300} changed"
+    );
+}
