@@ -62,7 +62,7 @@ umask 022
 SELF="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd -P)/$(basename "${BASH_SOURCE[0]}")"
 readonly SELF
 readonly MARKER=.data_drip-pg
-readonly BUILD_PACKAGES=(build-essential bison flex pkg-config bzip2
+readonly BUILD_PACKAGES=(build-essential bison flex pkg-config bzip2 curl
     libssl-dev libicu-dev libreadline-dev zlib1g-dev)
 
 # runuser and cargo's bin dir are missing from minimal PATHs (sudo, CI).
@@ -111,6 +111,28 @@ major_of() { "$1" --version | sed -nE 's/^PostgreSQL ([0-9]+)[^0-9].*/\1/p'; }
 # ---------------------------------------------------------------------------
 
 # route_source NN DEST WORK: upstream tarball from Debian's source package.
+# Pinned fallbacks: an earlier point release's orig tarball, by URL and SHA-256 (from its signed
+# .dsc), for when the suite's source index names a release whose files the mirror does not serve
+# (seen 2026-12: trixie's index at 17.12-0+deb13u1, its pool files 404, 17.11 still there).
+declare -A PINNED_SOURCE_URL=(
+    [17]="http://deb.debian.org/debian/pool/main/p/postgresql-17/postgresql-17_17.11.orig.tar.bz2"
+)
+declare -A PINNED_SOURCE_SHA256=(
+    [17]="dd27f2b3c59e73ed14aa3324901242bf69a032a6347805f274e6260322d42979"
+)
+
+# fetch_pinned_source NN DIR: download the pinned orig tarball of NN into DIR and check it.
+fetch_pinned_source() {
+    local v="$1" dir="$2" url sum file
+    url="${PINNED_SOURCE_URL[$v]:-}"
+    sum="${PINNED_SOURCE_SHA256[$v]:-}"
+    [[ -n "$url" ]] || die "apt-get source postgresql-$v failed and no pinned fallback is known"
+    file="$dir/$(basename "$url")"
+    log "PostgreSQL $v: apt-get source failed; fetching the pinned $(basename "$url")"
+    curl -fsS --retry 3 -o "$file" "$url" >&2 || die "cannot download $url"
+    echo "$sum  $file" | sha256sum -c --quiet - >&2 || die "$file: SHA-256 mismatch (expected $sum)"
+}
+
 route_source() {
     local v="$1" dest="$2" work="$3" suite
     case "$v" in
@@ -145,7 +167,9 @@ route_source() {
     log "PostgreSQL $v: fetching the postgresql-$v source package from Debian $suite"
     APT_CONFIG="$apt/apt.conf" apt-get update -qq >&2
     mkdir -p "$work/dl"
-    (cd "$work/dl" && APT_CONFIG="$apt/apt.conf" apt-get source --download-only -qq "postgresql-$v" >&2)
+    if ! (cd "$work/dl" && APT_CONFIG="$apt/apt.conf" apt-get source --download-only -qq "postgresql-$v" >&2); then
+        fetch_pinned_source "$v" "$work/dl"
+    fi
     local tarball
     tarball="$(find "$work/dl" -maxdepth 1 -name "postgresql-${v}_*.orig.tar.*" | head -n 1)"
     [[ -n "$tarball" ]] || die "apt-get source fetched no postgresql-$v orig tarball"
