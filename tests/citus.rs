@@ -682,6 +682,10 @@ fn during_run(
     wait_until(&cc.coord, &q, |v| v >= rows / 10, Duration::from_secs(90))
         .unwrap_or_else(|e| panic!("{name}: {e}"));
     let mut admin = cc.connect();
+    // A move or split that cannot finish fails the test instead of hanging the suite.
+    admin
+        .batch_execute("SET statement_timeout = '120s'")
+        .unwrap();
     op(&mut admin);
     let (s, done) = status_and_done(&cc.coord, run).unwrap();
     println!("{name}: operation done at rows_done {done} ({s})");
@@ -704,8 +708,10 @@ fn during_run(
 }
 
 /// `citus_move_shard_placement` (logical replication) of two shards, `citus_rebalance_start`
-/// (block_writes) on an imbalanced table, and `citus_split_shard_by_split_points` (logical
-/// replication), each mid-run on its own 16-shard table: every row once.
+/// (block_writes) on an imbalanced table, and `citus_split_shard_by_split_points`
+/// (block_writes), each mid-run on its own 16-shard table: every row once. (The split is not
+/// done through logical replication: here its apply worker sometimes exits with code 1 in a
+/// loop and the split waits for ever; the move covers logical replication.)
 #[test]
 #[ignore]
 fn e_move_rebalance_split_mid_run() {
@@ -798,7 +804,8 @@ fn e_move_rebalance_split_mid_run() {
             .unwrap();
         let (shard, mid): (i64, String) = (r.get(0), r.get(1));
         a.execute(
-            "SELECT citus_split_shard_by_split_points($1, ARRAY[$2], ARRAY[$3::int, $4::int])",
+            "SELECT citus_split_shard_by_split_points($1, ARRAY[$2], ARRAY[$3::int, $4::int], \
+             shard_transfer_mode => 'block_writes')",
             &[&shard, &mid, &n1, &n2],
         )
         .unwrap();
