@@ -510,19 +510,15 @@ impl Definition {
 
     /// Compile for a run whose range has a fixed upper end.
     pub fn compile_capped(&self, capped: bool) -> DripResult<Compiled> {
-        compile(&Source {
-            relation_oid: pg_sys::Oid::from(self.relation_oid),
-            action: &self.action,
-            scope: self.scope.as_deref(),
-            params: &self.params,
-            key: Some(&self.key),
-            capped,
-            sharded: false,
-        })
+        self.compile_for(capped, false)
     }
 
     /// Compile for a sub-run of one shard (`distribution::shard_walk`).
     pub fn compile_shard(&self, capped: bool) -> DripResult<Compiled> {
+        self.compile_for(capped, true)
+    }
+
+    fn compile_for(&self, capped: bool, sharded: bool) -> DripResult<Compiled> {
         compile(&Source {
             relation_oid: pg_sys::Oid::from(self.relation_oid),
             action: &self.action,
@@ -530,7 +526,7 @@ impl Definition {
             params: &self.params,
             key: Some(&self.key),
             capped,
-            sharded: true,
+            sharded,
         })
     }
 }

@@ -5,10 +5,9 @@
 use std::panic::AssertUnwindSafe;
 
 use pgrx::pg_sys;
-use pgrx::pg_sys::panic::CaughtError;
 use pgrx::prelude::*;
 
-use super::transaction::{sqlstate_text, TxError};
+use super::transaction::TxError;
 
 /// Run `f` in a subtransaction. On an ERROR the subtransaction is rolled back and the error
 /// returned; the enclosing transaction is intact either way.
@@ -29,16 +28,7 @@ pub fn try_in_subtransaction<R>(f: impl FnOnce() -> R) -> Result<R, TxError> {
         let f = f;
         Ok((f.0)())
     })
-    .catch_others(|e| {
-        Err(match e {
-            CaughtError::PostgresError(r)
-            | CaughtError::ErrorReport(r)
-            | CaughtError::RustPanic { ereport: r, .. } => TxError {
-                message: r.message().to_string(),
-                sqlstate: sqlstate_text(r.sql_error_code()),
-            },
-        })
-    })
+    .catch_others(|e| Err(TxError::from(e)))
     .execute();
     // SAFETY: exactly one of release or rollback for the subtransaction begun above, then the
     // caller's memory context and resource owner are put back.

@@ -15,6 +15,19 @@ pub struct TxError {
     pub sqlstate: String,
 }
 
+impl From<CaughtError> for TxError {
+    fn from(e: CaughtError) -> TxError {
+        match e {
+            CaughtError::PostgresError(r)
+            | CaughtError::ErrorReport(r)
+            | CaughtError::RustPanic { ereport: r, .. } => TxError {
+                message: r.message().to_string(),
+                sqlstate: sqlstate_text(r.sql_error_code()),
+            },
+        }
+    }
+}
+
 pub fn sqlstate_text(code: PgSqlErrorCode) -> String {
     // SAFETY: unpack_sql_state only formats the integer code into a static buffer, which we copy.
     unsafe {
@@ -34,14 +47,7 @@ pub fn run<R>(f: impl FnOnce() -> R) -> Result<R, TxError> {
         })))
     })
     .catch_others(|e| {
-        let err = match e {
-            CaughtError::PostgresError(r)
-            | CaughtError::ErrorReport(r)
-            | CaughtError::RustPanic { ereport: r, .. } => TxError {
-                message: r.message().to_string(),
-                sqlstate: sqlstate_text(r.sql_error_code()),
-            },
-        };
+        let err = TxError::from(e);
         // SAFETY: we caught an ERROR raised inside the transaction started by
         // BackgroundWorker::transaction; Postgres requires aborting it before starting another.
         // AbortCurrentTransaction handles every transaction state, including none.
@@ -86,14 +92,7 @@ pub fn run_block<R>(f: impl FnOnce() -> R) -> Result<R, TxError> {
         Ok(out)
     })
     .catch_others(|e| {
-        let err = match e {
-            CaughtError::PostgresError(r)
-            | CaughtError::ErrorReport(r)
-            | CaughtError::RustPanic { ereport: r, .. } => TxError {
-                message: r.message().to_string(),
-                sqlstate: sqlstate_text(r.sql_error_code()),
-            },
-        };
+        let err = TxError::from(e);
         // SAFETY: an ERROR was raised inside the block (or its commit); AbortOutOfAnyTransaction
         // rolls back whatever transaction and block state is current and leaves none, so the
         // worker can start its next transaction.

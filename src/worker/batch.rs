@@ -569,6 +569,12 @@ impl Runner {
     /// Record an attempt that failed for a reason outside the batch (a node that could not be
     /// reached): the batch row and `batch_failed` say so; the run goes on.
     pub(super) fn record_failure_of_attempt(&self, b: &Batch, e: &transaction::TxError) {
+        self.mark_failed(b, e);
+    }
+
+    /// The batch row `failed` with the error, and `batch_failed`; the run row as it is now
+    /// (None once it is gone).
+    fn mark_failed(&self, b: &Batch, e: &transaction::TxError) -> Option<catalog::RunRow> {
         Spi::run_with_args(
             "UPDATE drip.batches SET status = 'failed', error = $3, sqlstate = $4, \
              finished_at = clock_timestamp() WHERE run_id = $1 AND batch_no = $2",
@@ -580,10 +586,10 @@ impl Runner {
             ],
         )
         .or_raise_spi();
-        if let Some(run) = catalog::read_run(self.run_id).or_raise() {
-            let message = format!("{} (SQLSTATE {})", e.message, e.sqlstate);
-            catalog::notify_batch(&run, BatchStatus::Failed, b.no, 0, Some(&message)).or_raise();
-        }
+        let run = catalog::read_run(self.run_id).or_raise()?;
+        let message = format!("{} (SQLSTATE {})", e.message, e.sqlstate);
+        catalog::notify_batch(&run, BatchStatus::Failed, b.no, 0, Some(&message)).or_raise();
+        Some(run)
     }
 
     /// No next batch could be found (its key range could not be read): a batch row, `failed`
@@ -631,21 +637,9 @@ impl Runner {
     /// Record a failed attempt. Returns true when the run failed for good.
     pub(super) fn record_failure(&self, b: &Batch, e: &transaction::TxError) -> bool {
         let message = format!("{} (SQLSTATE {})", e.message, e.sqlstate);
-        Spi::run_with_args(
-            "UPDATE drip.batches SET status = 'failed', error = $3, sqlstate = $4, \
-             finished_at = clock_timestamp() WHERE run_id = $1 AND batch_no = $2",
-            &[
-                self.run_id.into(),
-                b.no.into(),
-                e.message.as_str().into(),
-                e.sqlstate.as_str().into(),
-            ],
-        )
-        .or_raise_spi();
-        let Some(run) = catalog::read_run(self.run_id).or_raise() else {
+        let Some(run) = self.mark_failed(b, e) else {
             return true;
         };
-        catalog::notify_batch(&run, BatchStatus::Failed, b.no, 0, Some(&message)).or_raise();
         if b.attempts >= self.max_attempts
             && matches!(run.status, RunStatus::Running | RunStatus::Paused)
         {

@@ -145,26 +145,13 @@ pub(super) fn claim_locked(run_id: i64, slice: Option<i32>) -> Option<Runner> {
     }
     if let Some(n) = slice {
         // The slice's own range and cursor.
-        let row = Spi::connect(|c| {
-            let t = c.select(
-                "SELECT low_key, high_key, cursor, done, hash_min, hash_max \
-                 FROM drip.slices WHERE run_id = $1 AND slice = $2",
-                None,
-                &[run_id.into(), n.into()],
-            )?;
-            match t.into_iter().next() {
-                Some(r) => Ok::<_, pgrx::spi::SpiError>(Some((
-                    r.get::<Vec<String>>(1)?,
-                    r.get::<Vec<String>>(2)?,
-                    r.get::<Vec<String>>(3)?,
-                    r.get::<bool>(4)?.unwrap_or(false),
-                    r.get::<i32>(5)?.zip(r.get::<i32>(6)?),
-                ))),
-                None => Ok(None),
-            }
-        })
-        .or_raise_spi();
-        let (low, high, slice_cursor, done, hashes) = row?;
+        let SliceRow {
+            low,
+            high,
+            cursor: slice_cursor,
+            done,
+            hashes,
+        } = read_slice(run_id, n)?;
         if done {
             return None;
         }
@@ -319,26 +306,15 @@ pub(super) fn take_next_slice(runner: &mut Runner) -> bool {
         if !got {
             continue;
         }
-        let row = Spi::connect(|c| {
-            let t = c.select(
-                "SELECT low_key, high_key, cursor, done, hash_min, hash_max \
-                 FROM drip.slices WHERE run_id = $1 AND slice = $2",
-                None,
-                &[runner.run_id.into(), next.into()],
-            )?;
-            match t.into_iter().next() {
-                Some(r) => Ok::<_, pgrx::spi::SpiError>(Some((
-                    r.get::<Vec<String>>(1)?,
-                    r.get::<Vec<String>>(2)?,
-                    r.get::<Vec<String>>(3)?,
-                    r.get::<bool>(4)?.unwrap_or(false),
-                    r.get::<i32>(5)?.zip(r.get::<i32>(6)?),
-                ))),
-                None => Ok(None),
-            }
-        })
-        .or_raise_spi();
-        let Some((low, high, cursor, false, Some((min, max)))) = row else {
+        let row = read_slice(runner.run_id, next);
+        let Some(SliceRow {
+            low,
+            high,
+            cursor,
+            done: false,
+            hashes: Some((min, max)),
+        }) = row
+        else {
             // Finished meanwhile (or not a shard): let it go and look at the next one.
             wake::release_session_advisory(runner_lock(Some(next)), run_key(runner.run_id));
             continue;
@@ -370,4 +346,35 @@ pub(super) fn take_next_slice(runner: &mut Runner) -> bool {
         return true;
     }
     false
+}
+
+/// A slice's row: its range, cursor, whether it is done, and a shard sub-run's hash range.
+struct SliceRow {
+    low: Option<Vec<String>>,
+    high: Option<Vec<String>>,
+    cursor: Option<Vec<String>>,
+    done: bool,
+    hashes: Option<(i32, i32)>,
+}
+
+fn read_slice(run_id: i64, slice: i32) -> Option<SliceRow> {
+    Spi::connect(|c| {
+        let t = c.select(
+            "SELECT low_key, high_key, cursor, done, hash_min, hash_max \
+             FROM drip.slices WHERE run_id = $1 AND slice = $2",
+            None,
+            &[run_id.into(), slice.into()],
+        )?;
+        match t.into_iter().next() {
+            Some(r) => Ok::<_, pgrx::spi::SpiError>(Some(SliceRow {
+                low: r.get::<Vec<String>>(1)?,
+                high: r.get::<Vec<String>>(2)?,
+                cursor: r.get::<Vec<String>>(3)?,
+                done: r.get::<bool>(4)?.unwrap_or(false),
+                hashes: r.get::<i32>(5)?.zip(r.get::<i32>(6)?),
+            })),
+            None => Ok(None),
+        }
+    })
+    .or_raise_spi()
 }
