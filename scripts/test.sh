@@ -216,7 +216,7 @@ suite_faults() {
     # installed in the system PostgreSQL and cargo's test runner for tests/faults.rs.
     DRIP_INSTALL_PROFILE="${DRIP_INSTALL_PROFILE:-dev}" install_extension
     PGRX_PG_CONFIG_PATH="$PG_CONFIG" \
-        cargo test --test faults --test replica -- --ignored --nocapture --test-threads=1 </dev/null
+        cargo test --test faults --test replica --test undo_faults -- --ignored --nocapture --test-threads=1 </dev/null
 }
 
 # Debian's gdb, for the Citus suite's one-phase-commit test (it stops the runner between Citus's
@@ -354,7 +354,7 @@ declare -A SUITE_DESC=(
     [pgrx]="cargo pgrx test pg15"
     [regress]="pg_regress pg_test/"
     [dashboard]="the web dashboard: handler, scale and chromium browser tests (dashboard/tests)"
-    [faults]="fault injection and a real standby on owned clusters (tests/faults.rs, tests/replica.rs)"
+    [faults]="fault injection, undo and revert under faults, and a real standby on owned clusters (tests/faults.rs, tests/undo_faults.rs, tests/replica.rs)"
     [citus]="Citus 12.1.12 (scripts/citus.sh) on 3-node clusters: every table kind, faults, moves, splits, exactly once (tests/citus.rs)"
     [upgrade]="0.1.0 -> current with runs in every state; upgraded catalog == fresh install (tests/upgrade.rs)"
     [package]="postgresql-NN-data-drip .deb for 15-18: dpkg -i in a Debian root, CREATE EXTENSION, a backfill, dpkg -r (scripts/package.sh)"
