@@ -5,6 +5,8 @@
 #   bench/citus.sh                          # pgbench -s 10 (1,000,000 rows), 2 rounds
 #   BENCH_ROUNDS=1 BENCH_TPS_SECONDS=10 bench/citus.sh
 #
+# Every node runs with fsync and synchronous_commit on (the defaults), autovacuum off; before
+# each contender the table is vacuumed and every node checkpointed.
 # Contenders (the action is SET abalance = abalance + 1, sleep 0):
 #   local-1k       the same backfill on a plain table on the coordinator (one node), batch 1,000
 #   shards-1k      pgbench_accounts hash-distributed over 32 shards on 2 workers: one sub-run per
@@ -65,8 +67,8 @@ shared_preload_libraries = 'citus,data_drip'
 max_worker_processes = 64
 max_connections = 200
 max_prepared_transactions = 200
-fsync = off
 shared_buffers = 256MB
+autovacuum = off
 drip.launcher_interval = 1
 EOF
     as_owner "$PG_BIN/pg_ctl" -D "$dir/data" -l "$dir/postgres.log" -w -t 60 start >/dev/null
@@ -105,6 +107,9 @@ contender() {
     q coord -c "ALTER SYSTEM RESET drip.max_runs" -c "ALTER SYSTEM RESET drip.max_runs_per_node" >/dev/null
     if [[ -n "$settings" ]]; then q coord <<<"$settings" >/dev/null; fi
     q coord -c "SELECT pg_reload_conf()" >/dev/null
+    # Same start for every contender: the table vacuumed, every node checkpointed.
+    q coord -c "VACUUM $table" >/dev/null
+    for n in "${NODES[@]}"; do q "$n" -c "CHECKPOINT" >/dev/null; done
     sleep 0.5
     local out
     out="$(q coord <<SQL
