@@ -210,7 +210,7 @@ fn distributed_plan(
             if table.kind == CitusKind::Distributed {
                 row.6 = Some(format!(
                     "every batch reaches all {} shards (the boundary query reads up to batch_size keys from each): \
-                     per-shard sub-runs need a single integer key that is the distribution column{}",
+                     per-shard sub-runs need a single integer key that is the distribution column{}, with at least one key value in 16 a row",
                     table.shards,
                     table
                         .column

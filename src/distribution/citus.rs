@@ -193,3 +193,21 @@ pub fn node_of_hash(relation: pg_sys::Oid, hash: i32) -> DripResult<Option<i32>>
         &[relation.into(), hash.into()],
     )?)
 }
+
+/// About how many rows the table has (its shards' own estimates) and how many values its
+/// integer key spans (max - min + 1, from the key's index on every shard).
+pub fn rows_and_key_span(relation: pg_sys::Oid, key: &str) -> DripResult<(i64, i64)> {
+    let rel = Spi::get_one_with_args::<String>("SELECT $1::regclass::text", &[relation.into()])?
+        .unwrap_or_default();
+    let column = Spi::get_one_with_args::<String>("SELECT quote_ident($1)", &[key.into()])?
+        .unwrap_or_default();
+    let plan = Spi::explain(&format!("SELECT 1 FROM {rel}"))?;
+    let rows = super::distributed_estimate(&plan.0).unwrap_or(0);
+    // numeric: the span of a bigint key can exceed bigint.
+    let span = Spi::get_one::<i64>(&format!(
+        "SELECT least(max({column})::numeric - min({column})::numeric + 1, \
+                      9223372036854775807)::bigint FROM {rel}"
+    ))?
+    .unwrap_or(0);
+    Ok((rows, span))
+}

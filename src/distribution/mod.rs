@@ -159,7 +159,19 @@ impl Placement {
             return Ok(None);
         }
         let shards = citus::shards(relation)?;
-        Ok((shards.len() > 1).then_some(shards))
+        if shards.len() < 2 {
+            return Ok(None);
+        }
+        // Keys too sparse for windows of integers: walk from the coordinator.
+        let (rows, span) = citus::rows_and_key_span(relation, &key[0].0)?;
+        if !shard_walk::dense_enough(rows, span) {
+            pgrx::notice!(
+                "data_drip: the keys of this table are too sparse for one sub-run per shard \
+                 (about {rows} rows over {span} key values); it is walked from the coordinator"
+            );
+            return Ok(None);
+        }
+        Ok(Some(shards))
     }
 
     /// An error that says "a node could not be reached, try again later".

@@ -131,6 +131,13 @@ pub fn candidates_in(range: HashRange, low: Option<i64>, first: i64, high: i64) 
     (start..=high).filter(|v| range.contains(*v)).collect()
 }
 
+/// Whether a table of about `rows` rows whose integer keys span `span` values suits per-shard
+/// windows: at least one key value in 16 must be a row (a sparser table would have its
+/// sub-runs compute many candidates for each row). Unknown figures (0) count as dense.
+pub fn dense_enough(rows: i64, span: i64) -> bool {
+    rows <= 0 || span <= 0 || rows.saturating_mul(Density::INVERSE_FLOOR) >= span
+}
+
 /// The sub-run's estimate of how many candidates are rows (EWMA), which sizes its windows.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Density(f64);
@@ -142,7 +149,8 @@ impl Default for Density {
 }
 
 impl Density {
-    const FLOOR: f64 = 1.0 / 16.0;
+    const INVERSE_FLOOR: i64 = 16;
+    const FLOOR: f64 = 1.0 / Self::INVERSE_FLOOR as f64;
 
     /// Candidates to ask for so that a batch holds about `batch_size` rows.
     pub fn want(&self, batch_size: i64) -> usize {
@@ -224,6 +232,16 @@ mod tests {
         let w = next_window(citus_ranges(1)[0], Some(i64::MAX - 3), 0, i64::MAX, 100).unwrap();
         assert_eq!(w.high, i64::MAX);
         assert_eq!(w.candidates.len(), 3);
+    }
+
+    #[test]
+    fn sparse_tables_are_not_walked_per_shard() {
+        assert!(dense_enough(1_000_000, 1_000_000));
+        assert!(dense_enough(1_000_000, 16_000_000));
+        assert!(!dense_enough(1_000_000, 16_000_001));
+        assert!(!dense_enough(10, i64::MAX));
+        assert!(dense_enough(0, 1_000));
+        assert!(dense_enough(1_000, 0));
     }
 
     #[test]
