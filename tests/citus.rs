@@ -352,6 +352,7 @@ fn gdb_script(cc: &CitusCluster, table: &str) -> String {
         )
     };
     let workers: Vec<String> = cc.workers.iter().map(conn).collect();
+    let psql = format!("{}/psql", pg_bin());
     format!(
         r#"
 import gdb, subprocess
@@ -400,7 +401,6 @@ if not killed:
     print('DRIP-NO-WINDOW')
     gdb.execute('detach')
 "#,
-        psql = format!("{}/psql", pg_bin()),
         coord = conn(&cc.coord),
         workers = workers.join(", "),
     )
