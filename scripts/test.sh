@@ -249,7 +249,7 @@ suite_citus() {
     mkdir -p "$ROOT/target/citus"
     ensure_traversable "$ROOT/target/citus"
     DRIP_PG_BIN="$PG_BIN" PGRX_PG_CONFIG_PATH="$PG_CONFIG" \
-        cargo test --test citus -- --ignored --nocapture --test-threads=1 </dev/null
+        cargo test --test citus --test citus_subruns -- --ignored --nocapture --test-threads=1 </dev/null
 }
 
 # Other majors: the in-transaction, unit and live tests plus pg_regress against PostgreSQL NN
