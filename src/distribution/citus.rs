@@ -140,6 +140,20 @@ pub fn begin_work(lock_timeout_ms: i64, statement_timeout_ms: i64) -> DripResult
     Ok(())
 }
 
+/// With two-phase commit Citus sends `COMMIT PREPARED` to the workers once the coordinator's
+/// commit returns. Under `synchronous_commit = off` that commit may still be in the WAL buffers:
+/// a crash of the coordinator then loses it (the batch row says `running`, the batch is done
+/// again) while the workers have committed the batch's work: done twice. So a batch's
+/// transaction on a Citus table commits at least with `synchronous_commit = local` (a
+/// stronger setting, such as `on` or `remote_apply` for a standby, is kept).
+pub fn commit_durably() -> DripResult<()> {
+    Spi::run(
+        "SELECT pg_catalog.set_config('synchronous_commit', 'local', true) \
+         WHERE pg_catalog.current_setting('synchronous_commit') = 'off'",
+    )?;
+    Ok(())
+}
+
 /// Resolve transactions that a crash left prepared on the workers (Citus would do it at its next
 /// recovery pass, by default within a minute). Returns how many were resolved; errors are
 /// -1 when it failed: recovery only shortens a wait, so a failure is not the caller's error.

@@ -174,6 +174,16 @@ impl Placement {
         Ok(Some(shards))
     }
 
+    /// At the start of a batch's work transaction (outside any GUC nest level, so it holds
+    /// until the commit): on Citus, the commit must be durable on the coordinator before the
+    /// workers are told to `COMMIT PREPARED` (see `citus::commit_durably`).
+    pub fn before_work(&self) -> DripResult<()> {
+        match self {
+            Placement::Local => Ok(()),
+            Placement::Citus(_) => citus::commit_durably(),
+        }
+    }
+
     /// An error that says "a node could not be reached, try again later".
     pub fn is_transient(&self, sqlstate: &str, message: &str) -> bool {
         self.is_citus() && is_transient(sqlstate, message)

@@ -332,6 +332,7 @@ impl Runner {
             self.gone = true;
             DripError::Internal("the data_drip extension was dropped".into()).raise();
         }
+        self.placement.before_work().or_raise();
         let mut args: Vec<DatumWithOid> = Vec::new();
         for ((decl, ty), text) in self.compiled.params.iter().zip(&self.param_texts) {
             args.push(types::input_datum(ty.oid, text.as_deref(), &decl.name).or_raise());
