@@ -2,7 +2,7 @@
 # scripts/package.sh: build the Debian package of data_drip for one PostgreSQL major, and
 # optionally smoke-test it.
 #
-#   scripts/package.sh 17            # target/packages/postgresql-17-data-drip_0.2.0-1_amd64.deb
+#   scripts/package.sh 17            # target/packages/postgresql-17-data-drip_0.3.0-1_amd64.deb
 #   scripts/package.sh --smoke 17    # ... then, in a Debian root with PostgreSQL 17 and without
 #                                    # Rust: dpkg -i it, CREATE EXTENSION and run a small
 #                                    # backfill in a fresh cluster, dpkg -r it (needs root)
@@ -108,7 +108,9 @@ find "$build/pgrx" \( -name 'data_drip.control' -o -name 'data_drip--*.sql' \) -
 # Every released install script, so CREATE EXTENSION ... VERSION and upgrades from it work.
 install -m 0644 sql/data_drip--*.sql "$extdir/"
 install -m 0644 CHANGELOG.md "$root/usr/share/doc/$name/changelog"
-for f in data_drip.control "data_drip--$version.sql" "data_drip--0.1.0--$version.sql"; do
+# The upgrade path from each release: 0.1.0 -> 0.2.0 -> this version.
+for f in data_drip.control "data_drip--$version.sql" data_drip--0.1.0.sql data_drip--0.2.0.sql \
+    data_drip--0.1.0--0.2.0.sql "data_drip--0.2.0--$version.sql"; do
     [[ -f "$extdir/$f" ]] || drip_die "package lacks $f"
 done
 
