@@ -21,6 +21,14 @@ PG_MAJOR=15
 PG_BIN=/usr/lib/postgresql/15/bin
 PG_CONFIG=/usr/bin/pg_config
 PG_REGRESS=/usr/lib/postgresql/15/lib/pgxs/src/test/regress/pg_regress
+# A developer's own PostgreSQL 15 installation instead of Debian's (say a relocated copy, so
+# that test runs do not replace the extension other work on the machine uses): its pg_config.
+# cargo pgrx must know it as pg15 too (PGRX_HOME with a config.toml naming it).
+if [[ -n "${DRIP_PG15_CONFIG:-}" ]]; then
+    PG_CONFIG="$DRIP_PG15_CONFIG"
+    PG_BIN="$("$PG_CONFIG" --bindir)"
+    PG_REGRESS="$(dirname "$("$PG_CONFIG" --pgxs)")/../test/regress/pg_regress"
+fi
 PGRX_VERSION=0.18.0
 # Debian packages the build and the tests need. `sudo` is needed because
 # `cargo pgrx test --runas postgres` shells out to sudo (even as root).

@@ -215,7 +215,7 @@ suite_faults() {
     # The fault-injection suite owns its cluster (target/faults); it needs the extension
     # installed in the system PostgreSQL and cargo's test runner for tests/faults.rs.
     DRIP_INSTALL_PROFILE="${DRIP_INSTALL_PROFILE:-dev}" install_extension
-    PGRX_PG_CONFIG_PATH="$PG_CONFIG" \
+    DRIP_PG_BIN="$PG_BIN" PGRX_PG_CONFIG_PATH="$PG_CONFIG" \
         cargo test --test faults --test replica --test undo_faults -- --ignored --nocapture --test-threads=1 </dev/null
 }
 
@@ -342,7 +342,7 @@ suite_upgrade() {
     # The new package must carry every released install script and the upgrade scripts.
     cp sql/data_drip--0.1.0.sql "$base/pkg-new$("$PG_CONFIG" --sharedir)/extension/"
 
-    DRIP_UPGRADE_OLD="$base/pkg-0.1.0" DRIP_UPGRADE_NEW="$base/pkg-new" \
+    DRIP_UPGRADE_OLD="$base/pkg-0.1.0" DRIP_UPGRADE_NEW="$base/pkg-new" DRIP_PG_BIN="$PG_BIN" \
         PGRX_PG_CONFIG_PATH="$PG_CONFIG" \
         cargo test --test upgrade -- --ignored --nocapture --test-threads=1 </dev/null
 }
