@@ -87,7 +87,7 @@ pub fn spawn_listener(mut spec: ConnectSpec, hub: Arc<Hub>) {
 }
 
 async fn listen_once(spec: &ConnectSpec, hub: &Hub) -> Result<(), tokio_postgres::Error> {
-    let (client, mut connection) = spec.config.connect(spec.tls()).await?;
+    let (client, mut connection) = spec.connect_raw().await?;
     let (ntx, mut nrx) = mpsc::unbounded_channel::<()>();
     let driver = tokio::spawn(async move {
         let mut messages = futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));

@@ -85,6 +85,20 @@ fn certificates(owner: &str) -> PathBuf {
             "server.crt",
         ],
     );
+    // An X.509 v1 self-signed certificate (no extensions), as Citus makes on every node.
+    openssl(
+        &dir,
+        &[
+            "req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=v1", "-keyout", "v1.key", "-out",
+            "v1.csr",
+        ],
+    );
+    openssl(
+        &dir,
+        &[
+            "x509", "-req", "-in", "v1.csr", "-signkey", "v1.key", "-days", "2", "-out", "v1.crt",
+        ],
+    );
     // The server refuses a key others can read, and must own it (or root with group read).
     let is_root = Command::new("id")
         .arg("-u")
@@ -102,6 +116,7 @@ fn certificates(owner: &str) -> PathBuf {
     let status = Command::new("chmod")
         .args(["600"])
         .arg(dir.join("server.key"))
+        .arg(dir.join("v1.key"))
         .status()
         .unwrap();
     assert!(status.success());
@@ -214,6 +229,32 @@ async fn sslmode_and_sslrootcert_are_honoured() {
     .err()
     .expect("verify-ca checks the chain");
     assert!(wrong_ca.contains("cannot connect"), "{wrong_ca}");
+
+    // A certificate rustls cannot read (X.509 v1, as Citus makes): prefer falls back to a plain
+    // connection, as libpq does; require refuses.
+    for stmt in [
+        format!(
+            "ALTER SYSTEM SET ssl_cert_file = '{}'",
+            dir.join("v1.crt").display()
+        ),
+        format!(
+            "ALTER SYSTEM SET ssl_key_file = '{}'",
+            dir.join("v1.key").display()
+        ),
+        "SELECT pg_reload_conf()".to_string(),
+    ] {
+        s.batch_execute(&stmt).await.unwrap();
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    let v1_require = drip_dashboard::AppState::new(config(&url("127.0.0.1", "sslmode=require")))
+        .await
+        .err()
+        .expect("require needs a TLS connection");
+    assert!(v1_require.contains("cannot connect"), "{v1_require}");
+    let server = serve_and_count(&url("127.0.0.1", "sslmode=prefer")).await;
+    let seen = ssl_of_dashboard(&s, &server).await;
+    assert!(!seen.is_empty() && seen.iter().all(|on| !*on), "{seen:?}");
+    drop(server);
 
     // disable: plain.
     tokio::time::sleep(std::time::Duration::from_millis(300)).await;

@@ -20,6 +20,7 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{CertificateError, DigitallySignedStruct, RootCertStore, SignatureScheme};
 use tokio_postgres::config::SslMode as PgSslMode;
+use tokio_postgres::tls::MakeTlsConnect;
 use tokio_postgres::{Client, Config};
 use tokio_postgres_rustls::MakeRustlsConnect;
 
@@ -172,7 +173,7 @@ impl ConnectSpec {
 
     /// Opens a connection; its driver runs on a task of its own until the client is dropped.
     pub async fn connect(&self) -> Result<Client, tokio_postgres::Error> {
-        let (client, connection) = self.config.connect(self.tls.clone()).await?;
+        let (client, connection) = self.connect_raw().await?;
         tokio::spawn(async move {
             // Ends when the client is dropped or the server goes away; errors show up on the
             // client's next query, which the request reports.
@@ -181,10 +182,37 @@ impl ConnectSpec {
         Ok(client)
     }
 
-    /// The TLS connector of this spec (for a connection whose messages the caller drives).
-    pub fn tls(&self) -> MakeRustlsConnect {
-        self.tls.clone()
+    /// A client and the connection whose messages the caller drives. `sslmode=prefer` falls
+    /// back to a connection without TLS when the TLS handshake fails, as libpq does ("first try
+    /// an SSL connection; if that fails, try a non-SSL connection"): a server whose
+    /// certificate rustls cannot read (Citus makes a self-signed X.509 v1 one on every node) is
+    /// still reached. Only a failed handshake falls back, never a refused login.
+    pub async fn connect_raw(
+        &self,
+    ) -> Result<
+        (
+            Client,
+            tokio_postgres::Connection<tokio_postgres::Socket, TlsStream>,
+        ),
+        tokio_postgres::Error,
+    > {
+        match self.config.connect(self.tls.clone()).await {
+            Err(e) if self.ssl_mode == SslMode::Prefer && is_tls_failure(&e) => {
+                let mut plain = self.config.clone();
+                plain.ssl_mode(PgSslMode::Disable);
+                plain.connect(self.tls.clone()).await
+            }
+            other => other,
+        }
     }
+}
+
+/// The stream of a connection made with this spec's connector.
+type TlsStream = <MakeRustlsConnect as MakeTlsConnect<tokio_postgres::Socket>>::Stream;
+
+/// The error is the TLS handshake's (not the server refusing the login, nor no server).
+fn is_tls_failure(e: &tokio_postgres::Error) -> bool {
+    e.to_string().contains("TLS handshake")
 }
 
 /// ring, because it builds with a C compiler only (aws-lc needs cmake). rustls deprecates

@@ -83,7 +83,17 @@ pub async fn show(
 
     let stats = run_stats(&state, &db, id, &run.status, run.batches_done, &detail).await?;
     let batch_count: i64 = stats.marks.iter().map(|m| m.count).sum();
-    let timeline_note = if batch_count > TIMELINE_MARKS {
+    let lanes = {
+        let mut l: Vec<Option<i32>> = stats.marks.iter().map(|m| m.lane).collect();
+        l.dedup();
+        l.into_iter().flatten().count()
+    };
+    let timeline_note = if lanes > 0 {
+        format!(
+            "{} batches, one lane per slice ({lanes}; a Citus run: per shard), each in key order",
+            fmt::count(batch_count)
+        )
+    } else if batch_count > TIMELINE_MARKS {
         format!(
             "{} batches in key order, one mark per ~{} batches",
             fmt::count(batch_count),

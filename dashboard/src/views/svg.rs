@@ -79,7 +79,8 @@ pub fn timeline(marks: &[TimelineMark]) -> String {
         .fold(0.0_f64, f64::max)
         .max(1e-6);
     let class = if laned { "timeline lanes" } else { "timeline" };
-    // Lanes: as tall as they are many (app.css lets the attribute decide).
+    // Lanes: as tall as they are many, 10 px each (app.css leaves a laned timeline's height
+    // to this attribute).
     let height = if laned {
         format!(r#" height="{}""#, 10 * lanes.len())
     } else {
