@@ -17,6 +17,7 @@
 use std::cell::RefCell;
 use std::collections::HashMap;
 
+use pgrx::datum::DatumWithOid;
 use pgrx::prelude::*;
 use pgrx::JsonB;
 use serde_json::{json, Value};
@@ -27,7 +28,6 @@ use crate::compile::{Compiled, Definition};
 use crate::error::{required, DripError, DripResult, OrRaise};
 use crate::pg::before_image;
 use crate::pg::identity::{self, Restriction, SAFE_SEARCH_PATH};
-use crate::preview;
 use crate::security;
 use crate::status::RunStatus;
 
@@ -51,107 +51,263 @@ pub fn check_supported(compiled: &Compiled, undo: bool) -> DripResult<()> {
 }
 
 thread_local! {
-    /// Whether a run keeps undo data, per run id (fixed at start; a process runs few runs).
-    static KEEPS_UNDO: RefCell<HashMap<i64, bool>> = RefCell::new(HashMap::new());
+    /// Per run id: whether it keeps undo data, and then its capture statements (fixed at
+    /// start; a process runs few runs).
+    static PLANS: RefCell<HashMap<i64, Option<std::rc::Rc<CapturePlan>>>> = RefCell::new(HashMap::new());
 }
 
-fn keeps_undo(run_id: i64) -> DripResult<bool> {
-    if let Some(v) = KEEPS_UNDO.with(|m| m.borrow().get(&run_id).copied()) {
-        return Ok(v);
+/// The statements that capture a batch's undo data, built once per run.
+pub struct CapturePlan {
+    /// Read the range as it was (`before_sql`), without and with a low bound.
+    before_first: String,
+    before_next: String,
+    /// Compare with the rows now and write the batch's undo row (`capture_sql`).
+    save_first: String,
+    save_next: String,
+    /// The key columns' names (a SET's written values leave them out).
+    key_names: Vec<String>,
+}
+
+fn plan_for(b: &BatchRange) -> DripResult<Option<std::rc::Rc<CapturePlan>>> {
+    if let Some(p) = PLANS.with(|m| m.borrow().get(&b.run_id).cloned()) {
+        return Ok(p);
     }
-    let v = Spi::get_one_with_args::<bool>(
+    let undo = Spi::get_one_with_args::<bool>(
         "SELECT undo FROM drip.runs WHERE id = $1",
-        &[run_id.into()],
+        &[b.run_id.into()],
     )?
     .unwrap_or(false);
-    KEEPS_UNDO.with(|m| m.borrow_mut().insert(run_id, v));
-    Ok(v)
+    let plan = undo.then(|| std::rc::Rc::new(CapturePlan::new(b.compiled)));
+    PLANS.with(|m| m.borrow_mut().insert(b.run_id, plan.clone()));
+    Ok(plan)
 }
 
-/// Save the before-images of what the batch's action changed. Called in the batch's
-/// transaction, after the action and before the batch's bookkeeping, so undo data, the
-/// changes and the cursor commit together. Does nothing for runs without undo.
+impl CapturePlan {
+    fn new(c: &Compiled) -> Self {
+        let keys: Vec<String> = c
+            .keys
+            .iter()
+            .map(|k| pgrx::spi::quote_identifier(&k.name))
+            .collect();
+        let plain: Vec<bool> = c
+            .keys
+            .iter()
+            .map(|k| crate::pg::settings::text_is_canonical(k.type_oid))
+            .collect();
+        let delete = matches!(c.kind, ActionKind::Delete);
+        // A SET saves the key columns and the columns it assigns; a DELETE the whole row.
+        let assigned: Vec<(String, String)> = if delete {
+            Vec::new()
+        } else {
+            crate::pg::parse::update_target_columns(&c.sql.work_first)
+                .into_iter()
+                .map(|n| {
+                    let q = pgrx::spi::quote_identifier(&n);
+                    (n, q)
+                })
+                .collect()
+        };
+        let shape = Shape {
+            relation: &c.relation,
+            keys: &keys,
+            plain: &plain,
+            assigned: &assigned,
+            delete,
+        };
+        CapturePlan {
+            before_first: before_sql(&shape, false),
+            before_next: before_sql(&shape, true),
+            save_first: capture_sql(&shape, false),
+            save_next: capture_sql(&shape, true),
+            key_names: c.keys.iter().map(|k| k.name.clone()).collect(),
+        }
+    }
+}
+
+/// Save the before-images of what the batch's action changed, as one `drip.undo` row for the
+/// batch. Called in the batch's transaction, after the action and before the batch's
+/// bookkeeping, so undo data, the changes and the cursor commit together. Does nothing for
+/// runs without undo.
 pub fn capture(b: &BatchRange) {
     capture_batch(b).or_raise()
 }
 
 fn capture_batch(b: &BatchRange) -> DripResult<()> {
-    if !keeps_undo(b.run_id)? {
+    let Some(plan) = plan_for(b)? else {
         return Ok(());
+    };
+    let mut args = Vec::new();
+    if let Some(low) = b.low {
+        args.extend(b.compiled.key_args(low)?);
     }
+    args.extend(b.compiled.key_args(b.high)?);
     // The batch's key range as it was, read as the owner (the same rows, under the same
-    // privileges, as the action), in one jsonb array of [key, row] pairs.
+    // privileges, as the action): one jsonb array of [key, image] pairs.
+    let before_sql = if b.low.is_some() {
+        &plan.before_next
+    } else {
+        &plan.before_first
+    };
     let before = identity::run_as(b.owner, Restriction::Restricted, b.search_path, || {
-        let (sql, args) = preview::range_query(b.compiled, b.low, b.high)?;
-        let sql = before_sql(&sql, b.compiled.keys.len());
-        let rows = before_image::select_text_before_changes(&sql, &args)?;
+        let rows = before_image::select_text_before_changes(before_sql, &args)?;
         Ok::<_, DripError>(rows.into_iter().next().and_then(|mut r| r.pop().flatten()))
     })?;
     let Some(before) = before.filter(|t| t != "[]") else {
         return Ok(());
     };
-    // Compared with the rows now and saved in one statement. Looked up by the keys the owner
-    // could read, so our own identity reveals no other rows.
-    let keys: Vec<String> = b
-        .compiled
-        .keys
-        .iter()
-        .map(|k| pgrx::spi::quote_identifier(&k.name))
-        .collect();
-    let names: Vec<String> = b.compiled.keys.iter().map(|k| k.name.clone()).collect();
-    Spi::run_with_args(
-        &capture_sql(&b.compiled.relation, &keys),
-        &[
-            b.run_id.into(),
-            b.batch_no.into(),
-            before.as_str().into(),
-            names.into(),
-        ],
-    )?;
+    // Compared with the rows now and saved in one statement, as one row for the batch. Only
+    // keys the owner could read are looked up, so our own identity reveals no other rows.
+    let save_sql = if b.low.is_some() {
+        &plan.save_next
+    } else {
+        &plan.save_first
+    };
+    let mut save_args: Vec<DatumWithOid> = vec![
+        b.run_id.into(),
+        b.batch_no.into(),
+        before.as_str().into(),
+        plan.key_names.clone().into(),
+    ];
+    save_args.extend(args);
+    Spi::run_with_args(save_sql, &save_args)?;
     Ok(())
 }
 
-/// The range query (`preview::snapshot_sql`) folded into one jsonb array of `[key, row]`.
-pub fn before_sql(range_sql: &str, k: usize) -> String {
-    let keys = (1..=k)
-        .map(|i| format!("s.drip_k{i}"))
-        .collect::<Vec<_>>()
-        .join(", ");
+/// What the capture statements are built from.
+pub struct Shape<'a> {
+    pub relation: &'a str,
+    /// Quoted key columns.
+    pub keys: &'a [String],
+    /// Per key column: its `::text` is canonical (else `drip.key_text`).
+    pub plain: &'a [bool],
+    /// The columns a SET assigns: name and quoted name.
+    pub assigned: &'a [(String, String)],
+    pub delete: bool,
+}
+
+impl Shape<'_> {
+    /// The key as a text[] (the text `drip.batches` shows), of the row `drip_rows`.
+    fn key_array(&self) -> String {
+        let items: Vec<String> = self
+            .keys
+            .iter()
+            .zip(self.plain)
+            .map(|(c, plain)| {
+                if *plain {
+                    format!("drip_rows.{c}::text")
+                } else {
+                    format!("drip.key_text(drip_rows.{c})")
+                }
+            })
+            .collect();
+        format!("ARRAY[{}]::text[]", items.join(", "))
+    }
+
+    /// `jsonb_build_object` of the given columns (name, quoted name) of `drip_rows`.
+    fn object(&self, columns: &[(String, String)]) -> String {
+        let items: Vec<String> = columns
+            .iter()
+            .map(|(n, q)| format!("{}, drip_rows.{q}", literal(n)))
+            .collect();
+        format!("pg_catalog.jsonb_build_object({})", items.join(", "))
+    }
+
+    fn key_columns(&self) -> Vec<(String, String)> {
+        self.keys.iter().map(|k| (unquote(k), k.clone())).collect()
+    }
+
+    /// The range `(low, high]` of the key (params from `first`), or `<= high`.
+    fn range(&self, has_low: bool, first: usize) -> String {
+        let k = self.keys.len();
+        let row = |items: Vec<String>| format!("({})", items.join(", "));
+        let cols = row(self.keys.iter().map(|c| format!("drip_rows.{c}")).collect());
+        let params = |from: usize| row((from..from + k).map(|i| format!("${i}")).collect());
+        if has_low {
+            format!(
+                "{cols} > {} AND {cols} <= {}",
+                params(first),
+                params(first + k)
+            )
+        } else {
+            format!("{cols} <= {}", params(first))
+        }
+    }
+}
+
+/// A string literal (E'' when it holds a backslash), without asking Postgres.
+fn literal(s: &str) -> String {
+    let body = s.replace('\'', "''");
+    if s.contains('\\') {
+        format!("E'{}'", body.replace('\\', "\\\\"))
+    } else {
+        format!("'{body}'")
+    }
+}
+
+/// Undo an identifier's quoting (`"A""b"` to `A"b`).
+fn unquote(q: &str) -> String {
+    match q.strip_prefix('"').and_then(|s| s.strip_suffix('"')) {
+        Some(inner) => inner.replace("\"\"", "\""),
+        None => q.to_string(),
+    }
+}
+
+/// The batch's range as it was (run with `before_image`), in one jsonb array of
+/// `[key, image]`: the key columns and assigned columns of a SET, the whole row of a DELETE.
+pub fn before_sql(s: &Shape, has_low: bool) -> String {
+    let image = if s.delete {
+        "pg_catalog.to_jsonb(drip_rows)".to_string()
+    } else {
+        let mut columns = s.key_columns();
+        let extra: Vec<(String, String)> = s
+            .assigned
+            .iter()
+            .filter(|a| !columns.iter().any(|k| k.0 == a.0))
+            .cloned()
+            .collect();
+        columns.extend(extra);
+        s.object(&columns)
+    };
     format!(
-        "SELECT coalesce(pg_catalog.jsonb_agg(pg_catalog.jsonb_build_array(ARRAY[{keys}], s.drip_row)), '[]')::text \
-         FROM ({range_sql}) AS s"
+        "SELECT coalesce(pg_catalog.jsonb_agg(pg_catalog.jsonb_build_array({}, {image})), '[]')::text \
+         FROM {} AS drip_rows WHERE {}",
+        s.key_array(),
+        s.relation,
+        s.range(has_low, 1)
     )
 }
 
-/// Save the undo rows of a batch: `$3` holds the range's rows before the action (`before_sql`),
-/// compared here with the rows now: a row gone was deleted (its whole row is saved), a row whose
-/// values differ was updated (its key columns `$4` and changed columns before, and the values
-/// written). Rows the action inserted are not undo data. `c` is MATERIALIZED so each row's
-/// `to_jsonb` is computed once, not once per reference (a third of the statement's time).
-pub fn capture_sql(relation: &str, keys: &[String]) -> String {
-    let row = |items: Vec<String>| format!("({})", items.join(", "));
-    let t_keys = row(keys.iter().map(|k| format!("t.{k}")).collect());
-    let p_keys = row(keys.iter().map(|k| format!("p.{k}")).collect());
-    format!(
-        "WITH b AS (SELECT ARRAY(SELECT pg_catalog.jsonb_array_elements_text(e -> 0)) AS drip_key, \
-                           e -> 1 AS drip_old \
-                    FROM pg_catalog.jsonb_array_elements($3::text::jsonb) AS e), \
-              c AS MATERIALIZED (SELECT b.drip_key, b.drip_old, pg_catalog.to_jsonb(t) AS drip_now \
-                    FROM b CROSS JOIN LATERAL pg_catalog.jsonb_populate_record(NULL::{relation}, b.drip_old) AS p \
-                    LEFT JOIN {relation} AS t ON {t_keys} = {p_keys}) \
-         INSERT INTO drip.undo (run_id, key, batch_no, op, before, written) \
-         SELECT $1, c.drip_key, $2, \
-                CASE WHEN c.drip_now IS NULL THEN 'delete' ELSE 'update' END, \
-                CASE WHEN c.drip_now IS NULL THEN c.drip_old ELSE d.drip_before END, \
-                CASE WHEN c.drip_now IS NULL THEN NULL ELSE d.drip_written END \
-         FROM c CROSS JOIN LATERAL ( \
-             SELECT pg_catalog.jsonb_object_agg(o.key, o.value) FILTER (WHERE o.key = ANY ($4::text[]) \
-                        OR c.drip_now -> o.key IS DISTINCT FROM o.value) AS drip_before, \
-                    pg_catalog.jsonb_object_agg(o.key, c.drip_now -> o.key) \
-                        FILTER (WHERE c.drip_now -> o.key IS DISTINCT FROM o.value) AS drip_written \
-             FROM pg_catalog.jsonb_each(c.drip_old) AS o) AS d \
-         WHERE c.drip_now IS NULL OR d.drip_written IS NOT NULL"
-    )
+/// Save a batch's undo row: `$3` holds the range's images before the action (`before_sql`),
+/// compared here with the range now (`$5..`, the same bounds). A SET saves each row whose
+/// assigned columns changed as `[key, before, written]` (`written` without the key columns
+/// `$4`); a DELETE each row gone as `[key, whole row]`. Nothing when nothing changed.
+pub fn capture_sql(s: &Shape, has_low: bool) -> String {
+    let old = "o AS (SELECT e -> 0 AS k, e -> 1 AS b FROM pg_catalog.jsonb_array_elements($3::text::jsonb) AS e)";
+    let range = s.range(has_low, 5);
+    let key = s.key_array();
+    if s.delete {
+        format!(
+            "WITH {old}, \
+                  n AS (SELECT pg_catalog.to_jsonb({key}) AS k FROM {rel} AS drip_rows WHERE {range}), \
+                  c AS (SELECT o.k, o.b FROM o WHERE NOT EXISTS (SELECT 1 FROM n WHERE n.k = o.k)) \
+             INSERT INTO drip.undo (run_id, batch_no, op, rows, items) \
+             SELECT $1, $2, 'delete', count(*), pg_catalog.jsonb_agg(pg_catalog.jsonb_build_array(c.k, c.b)) \
+             FROM c HAVING count(*) > 0",
+            rel = s.relation
+        )
+    } else {
+        format!(
+            "WITH {old}, \
+                  n AS (SELECT pg_catalog.to_jsonb({key}) AS k, {now} AS w FROM {rel} AS drip_rows WHERE {range}), \
+                  c AS (SELECT o.k, o.b, n.w FROM o JOIN n ON n.k = o.k \
+                        WHERE n.w IS DISTINCT FROM (o.b OPERATOR(pg_catalog.-) $4::text[])) \
+             INSERT INTO drip.undo (run_id, batch_no, op, rows, items) \
+             SELECT $1, $2, 'update', count(*), pg_catalog.jsonb_agg(pg_catalog.jsonb_build_array(c.k, c.b, c.w)) \
+             FROM c HAVING count(*) > 0",
+            now = s.object(s.assigned),
+            rel = s.relation
+        )
+    }
 }
 
 /// A column of the reverted table: quoted name, and whether a revert may write it.
@@ -190,9 +346,10 @@ pub fn revert_statement(
     let insertable: Vec<&Column> = columns.iter().filter(|c| !c.generated).collect();
     let mut ctes = vec![
         format!(
-            "drip_u AS (SELECT b.key AS drip_key, b.op AS drip_op, b.before AS drip_before, \
-             b.written AS drip_written, {u_keys} FROM drip_batch AS b \
-             CROSS JOIN LATERAL pg_catalog.jsonb_populate_record(NULL::{relation}, b.before) AS p \
+            "drip_u AS (SELECT i.e -> 0 AS drip_key, b.op AS drip_op, i.e -> 1 AS drip_before, \
+             i.e -> 2 AS drip_written, {u_keys} FROM drip_batch AS b \
+             CROSS JOIN LATERAL pg_catalog.jsonb_array_elements(b.items) AS i(e) \
+             CROSS JOIN LATERAL pg_catalog.jsonb_populate_record(NULL::{relation}, i.e -> 1) AS p \
              WHERE b.run_id = $run)"
         ),
         format!(
@@ -210,7 +367,7 @@ pub fn revert_statement(
             .to_string(),
         "drip_x AS (INSERT INTO drip.revert_conflicts (run_id, key, reason, current, expected) \
              SELECT (SELECT r.id FROM drip.runs AS r WHERE r.reverts = $run ORDER BY r.id DESC LIMIT 1), \
-                    v.drip_key, v.drip_conflict, v.drip_now, coalesce(v.drip_written, v.drip_before) \
+                    ARRAY(SELECT pg_catalog.jsonb_array_elements_text(v.drip_key)), v.drip_conflict, v.drip_now, coalesce(v.drip_written, v.drip_before) \
              FROM drip_v AS v WHERE v.drip_conflict IS NOT NULL)"
             .to_string(),
     ];
@@ -289,9 +446,8 @@ fn table_columns(relation: pg_sys::Oid) -> DripResult<Vec<Column>> {
 struct Original {
     definition: Value,
     owner: pg_sys::Oid,
-    batch_size: i32,
     sleep_ms: i64,
-    last_key: Option<Vec<String>>,
+    last_batch: Option<i64>,
 }
 
 /// Start a revert run of a finished, failed or stopped run that kept undo data.
@@ -309,9 +465,10 @@ fn revert_impl(run_id: i64, note: Option<&str>) -> DripResult<i64> {
         let run = catalog::lock_run(run_id)?;
         let owner = catalog::run_owner(run_id)?;
         security::check_run_control(caller, run_id, owner, &run.backfill)?;
-        let (undo, reverts, reverted_by, definition, batch_size, sleep_ms) = Spi::connect(|c| {
+        let (undo, reverts, reverted_by, definition, purged_at, sleep_ms) = Spi::connect(|c| {
             let t = c.select(
-                "SELECT undo, reverts, reverted_by, definition, batch_size, \
+                "SELECT undo, reverts, reverted_by, definition, \
+                        pg_catalog.to_char(undo_purged_at, 'YYYY-MM-DD HH24:MI:SS TZ'), \
                         (extract(epoch FROM sleep) * 1000)::bigint \
                  FROM drip.runs WHERE id = $1",
                 None,
@@ -323,7 +480,7 @@ fn revert_impl(run_id: i64, note: Option<&str>) -> DripResult<i64> {
                 r.get::<i64>(2)?,
                 r.get::<i64>(3)?,
                 r.get::<JsonB>(4)?.map(|j| j.0).unwrap_or(Value::Null),
-                r.get::<i32>(5)?.unwrap_or(1000),
+                r.get::<String>(5)?,
                 r.get::<i64>(6)?.unwrap_or(0),
             ))
         })?;
@@ -346,11 +503,15 @@ fn revert_impl(run_id: i64, note: Option<&str>) -> DripResult<i64> {
                 status: run.status.as_str().to_string(),
             });
         }
+        // Purged (drip.purge_undo or drip.undo_retention): said so, with when.
+        if let Some(at) = purged_at {
+            return Err(DripError::UndoPurged { run_id, at });
+        }
         if !undo {
             return Err(DripError::NoUndoData(run_id));
         }
-        let last_key = Spi::get_one_with_args::<Vec<String>>(
-            "SELECT key FROM drip.undo WHERE run_id = $1 ORDER BY key DESC LIMIT 1",
+        let last_batch = Spi::get_one_with_args::<i64>(
+            "SELECT max(batch_no) FROM drip.undo WHERE run_id = $1",
             &[run_id.into()],
         )
         .or_else(|e| match e {
@@ -360,9 +521,8 @@ fn revert_impl(run_id: i64, note: Option<&str>) -> DripResult<i64> {
         Ok(Original {
             definition,
             owner,
-            batch_size,
             sleep_ms,
-            last_key,
+            last_batch,
         })
     })?;
     let def = Definition::from_json(&original.definition)?;
@@ -393,12 +553,12 @@ fn revert_impl(run_id: i64, note: Option<&str>) -> DripResult<i64> {
         matches!(compiled.kind, ActionKind::Delete),
     );
     let name = format!("revert:{run_id}");
-    // Key range of the walk over drip.undo: (run_id, '{}') exclusive (every key has at least
-    // one element, so sorts after it) to this run's last key.
-    let from_key = json!([run_id.to_string(), "{}"]).to_string();
+    // Key range of the walk over drip.undo: (run_id, 0) exclusive (batches count from 1) to
+    // this run's last batch. One undo row (a batch of the original run) per revert batch.
+    let from_key = json!([run_id.to_string(), "0"]).to_string();
     let to_key = json!([
         run_id.to_string(),
-        array_literal(original.last_key.as_deref().unwrap_or(&[]))
+        original.last_batch.unwrap_or(0).to_string()
     ])
     .to_string();
     let sleep = format!("{} milliseconds", original.sleep_ms.max(0));
@@ -408,12 +568,12 @@ fn revert_impl(run_id: i64, note: Option<&str>) -> DripResult<i64> {
     let revert_id = identity::run_as(def.owner(), Restriction::Local, SAFE_SEARCH_PATH, || {
         Spi::run_with_args(
             "SELECT drip.register($1, 'drip.undo'::regclass, $2, scope => 'run_id = $run', \
-                 params => '{\"run\": \"bigint\"}', key => ARRAY['run_id', 'key'], \
+                 params => '{\"run\": \"bigint\"}', key => ARRAY['run_id', 'batch_no'], \
                  batch_size => $3, sleep => $4::interval, description => $5, replace => true)",
             &[
                 name.as_str().into(),
                 statement.as_str().into(),
-                original.batch_size.max(1).into(),
+                1i32.into(),
                 sleep.as_str().into(),
                 description.as_str().into(),
             ],
@@ -446,15 +606,6 @@ fn revert_impl(run_id: i64, note: Option<&str>) -> DripResult<i64> {
     Ok(revert_id)
 }
 
-/// A text[] literal for stored key text (each element quoted).
-fn array_literal(items: &[String]) -> String {
-    let quoted: Vec<String> = items
-        .iter()
-        .map(|s| format!("\"{}\"", s.replace('\\', "\\\\").replace('"', "\\\"")))
-        .collect();
-    format!("{{{}}}", quoted.join(","))
-}
-
 /// The undo data a run keeps: rows and bytes.
 #[pg_extern(volatile, parallel_unsafe)]
 fn undo_size(run_id: Option<i64>) -> TableIterator<'static, (name!(rows, i64), name!(bytes, i64))> {
@@ -480,7 +631,8 @@ fn undo_size_impl(run_id: i64) -> DripResult<(i64, i64)> {
     security::as_catalog(|| {
         visible_run(run_id, caller, false)?;
         let (rows, bytes) = Spi::get_two_with_args::<i64, i64>(
-            "SELECT count(*), coalesce(sum(pg_catalog.pg_column_size(u.*)), 0)::bigint \
+            "SELECT coalesce(sum(u.rows), 0)::bigint, \
+                    coalesce(sum(pg_catalog.pg_column_size(u.*)), 0)::bigint \
              FROM drip.undo u WHERE run_id = $1",
             &[run_id.into()],
         )?;
@@ -522,20 +674,63 @@ fn purge_impl(run_id: i64) -> DripResult<i64> {
                 status: "active".into(),
             });
         }
-        let n = Spi::connect_mut(|c| {
-            let t = c.update(
-                "DELETE FROM drip.undo WHERE run_id = $1",
-                None,
-                &[run_id.into()],
-            )?;
-            Ok::<_, pgrx::spi::SpiError>(t.len() as i64)
-        })?;
+        let n = Spi::get_one_with_args::<i64>(
+            "WITH d AS (DELETE FROM drip.undo WHERE run_id = $1 RETURNING rows) \
+             SELECT coalesce(sum(rows), 0)::bigint FROM d",
+            &[run_id.into()],
+        )?
+        .unwrap_or(0);
         Spi::run_with_args(
-            "UPDATE drip.runs SET undo = false WHERE id = $1",
+            "UPDATE drip.runs SET undo = false, undo_purged_at = now() WHERE id = $1",
             &[run_id.into()],
         )?;
         Ok(n)
     })
+}
+
+/// Undo rows removed per retention pass (each holds up to a batch of rows).
+const PURGE_UNDO_ROWS: i64 = 200;
+
+/// Retention (`drip.undo_retention`, seconds; 0 keeps): delete the undo data of runs finished
+/// longer ago, a small delete at a time, and record in `drip.runs.undo_purged_at` that a run's
+/// undo data is gone once all of it is. The undo data of a run whose revert is active is kept.
+/// Called by the scheduler's purge, in its transaction; returns the rows removed.
+pub fn purge_expired_undo(retention_secs: i32) -> i64 {
+    if retention_secs <= 0 {
+        return 0;
+    }
+    const EXPIRED: &str = "r.finished_at < now() - make_interval(secs => $1) \
+         AND r.status IN ('completed', 'failed', 'stopped') \
+         AND NOT EXISTS (SELECT 1 FROM drip.runs v WHERE v.id = r.reverted_by \
+                         AND v.status IN ('pending', 'enqueued', 'running', 'paused'))";
+    let secs = f64::from(retention_secs);
+    Spi::connect_mut(|c| {
+        let deleted = c
+            .update(
+                &format!(
+                    "DELETE FROM drip.undo WHERE (run_id, batch_no) IN ( \
+                       SELECT u.run_id, u.batch_no FROM drip.undo u JOIN drip.runs r ON r.id = u.run_id \
+                       WHERE {EXPIRED} LIMIT $2)"
+                ),
+                None,
+                &[secs.into(), PURGE_UNDO_ROWS.into()],
+            )?
+            .len() as i64;
+        let marked = c
+            .update(
+                &format!(
+                    "UPDATE drip.runs r SET undo = false, undo_purged_at = now() \
+                     WHERE r.undo AND r.undo_purged_at IS NULL AND {EXPIRED} \
+                       AND NOT EXISTS (SELECT 1 FROM drip.undo u WHERE u.run_id = r.id)"
+                ),
+                None,
+                &[secs.into()],
+            )?
+            .len() as i64;
+        Ok::<_, pgrx::spi::SpiError>(deleted + marked)
+    })
+    .map_err(DripError::from)
+    .or_raise()
 }
 
 #[cfg(test)]
@@ -543,18 +738,49 @@ mod tests {
     use super::*;
 
     #[test]
-    fn capture_compares_before_images_with_the_rows_now() {
-        let sql = capture_sql("public.t", &["a".into(), "\"B\"".into()]);
+    fn capture_reads_the_range_before_and_now_and_saves_one_row_per_batch() {
+        let keys = vec!["a".to_string(), "\"B\"".to_string()];
+        let set = Shape {
+            relation: "public.t",
+            keys: &keys,
+            plain: &[true, false],
+            assigned: &[("email".into(), "email".into())],
+            delete: false,
+        };
+        assert_eq!(
+            before_sql(&set, true),
+            "SELECT coalesce(pg_catalog.jsonb_agg(pg_catalog.jsonb_build_array(\
+             ARRAY[drip_rows.a::text, drip.key_text(drip_rows.\"B\")]::text[], \
+             pg_catalog.jsonb_build_object('a', drip_rows.a, 'B', drip_rows.\"B\", 'email', drip_rows.email))), '[]')::text \
+             FROM public.t AS drip_rows WHERE (drip_rows.a, drip_rows.\"B\") > ($1, $2) \
+             AND (drip_rows.a, drip_rows.\"B\") <= ($3, $4)"
+        );
+        let sql = capture_sql(&set, false);
         assert!(
-            sql.contains("LEFT JOIN public.t AS t ON (t.a, t.\"B\") = (p.a, p.\"B\")"),
+            sql.contains("WHERE (drip_rows.a, drip_rows.\"B\") <= ($5, $6)"),
             "{sql}"
         );
-        assert!(sql.contains("INSERT INTO drip.undo"), "{sql}");
-        assert_eq!(
-            before_sql("SELECT 1", 2),
-            "SELECT coalesce(pg_catalog.jsonb_agg(pg_catalog.jsonb_build_array(ARRAY[s.drip_k1, s.drip_k2], \
-             s.drip_row)), '[]')::text FROM (SELECT 1) AS s"
+        assert!(
+            sql.contains("pg_catalog.jsonb_build_object('email', drip_rows.email) AS w"),
+            "{sql}"
         );
+        assert!(
+            sql.contains("INSERT INTO drip.undo (run_id, batch_no, op, rows, items)"),
+            "{sql}"
+        );
+        assert!(sql.ends_with("FROM c HAVING count(*) > 0"), "{sql}");
+        let delete = Shape {
+            delete: true,
+            assigned: &[],
+            ..set
+        };
+        assert!(before_sql(&delete, false).contains("pg_catalog.to_jsonb(drip_rows)"));
+        assert!(
+            capture_sql(&delete, false).contains("NOT EXISTS (SELECT 1 FROM n WHERE n.k = o.k)")
+        );
+        assert_eq!(unquote("\"A\"\"b\""), "A\"b");
+        assert_eq!(literal("it's"), "'it''s'");
+        assert_eq!(literal("a\\b"), "E'a\\\\b'");
     }
 
     #[test]
@@ -593,14 +819,5 @@ mod tests {
         // A SET run's revert inserts nothing (its owner may lack INSERT).
         let sql = revert_statement("public.t", &["id".into()], &cols, false);
         assert!(!sql.contains("INSERT INTO public.t"));
-    }
-
-    #[test]
-    fn array_literals_quote_every_element() {
-        assert_eq!(array_literal(&[]), "{}");
-        assert_eq!(
-            array_literal(&["a,b".into(), "q\"\\".into()]),
-            "{\"a,b\",\"q\\\"\\\\\"}"
-        );
     }
 }
