@@ -58,14 +58,13 @@ thread_local! {
 
 /// The statements that capture a batch's undo data, built once per run.
 pub struct CapturePlan {
-    /// Read the range as it was (`before_sql`), without and with a low bound.
+    /// Read the range's rows as they were (`before_sql`), without and with a low bound.
     before_first: String,
     before_next: String,
-    /// Compare with the rows now and write the batch's undo row (`capture_sql`).
-    save_first: String,
-    save_next: String,
-    /// The key columns' names (a SET's written values leave them out).
-    key_names: Vec<String>,
+    /// Compare them with the rows now and write the batch's undo row (`capture_sql`).
+    save: String,
+    /// The type of an array of the relation's rows (`$3` of `save`).
+    rows_type: pg_sys::Oid,
 }
 
 fn plan_for(b: &BatchRange) -> DripResult<Option<std::rc::Rc<CapturePlan>>> {
@@ -77,13 +76,17 @@ fn plan_for(b: &BatchRange) -> DripResult<Option<std::rc::Rc<CapturePlan>>> {
         &[b.run_id.into()],
     )?
     .unwrap_or(false);
-    let plan = undo.then(|| std::rc::Rc::new(CapturePlan::new(b.compiled)));
+    let plan = if undo {
+        Some(std::rc::Rc::new(CapturePlan::new(b.compiled)?))
+    } else {
+        None
+    };
     PLANS.with(|m| m.borrow_mut().insert(b.run_id, plan.clone()));
     Ok(plan)
 }
 
 impl CapturePlan {
-    fn new(c: &Compiled) -> Self {
+    fn new(c: &Compiled) -> DripResult<Self> {
         let keys: Vec<String> = c
             .keys
             .iter()
@@ -107,6 +110,13 @@ impl CapturePlan {
                 })
                 .collect()
         };
+        let rows_type = Spi::get_one_with_args::<pg_sys::Oid>(
+            "SELECT t.typarray FROM pg_catalog.pg_class c JOIN pg_catalog.pg_type t ON t.oid = c.reltype \
+             WHERE c.oid = $1::text::regclass",
+            &[c.relation.as_str().into()],
+        )?
+        .filter(|o| *o != pg_sys::Oid::INVALID)
+        .ok_or_else(|| DripError::Internal(format!("no array type for {}", c.relation)))?;
         let shape = Shape {
             relation: &c.relation,
             keys: &keys,
@@ -114,13 +124,12 @@ impl CapturePlan {
             assigned: &assigned,
             delete,
         };
-        CapturePlan {
+        Ok(CapturePlan {
             before_first: before_sql(&shape, false),
             before_next: before_sql(&shape, true),
-            save_first: capture_sql(&shape, false),
-            save_next: capture_sql(&shape, true),
-            key_names: c.keys.iter().map(|k| k.name.clone()).collect(),
-        }
+            save: capture_sql(&shape),
+            rows_type,
+        })
     }
 }
 
@@ -142,34 +151,24 @@ fn capture_batch(b: &BatchRange) -> DripResult<()> {
     }
     args.extend(b.compiled.key_args(b.high)?);
     // The batch's key range as it was, read as the owner (the same rows, under the same
-    // privileges, as the action): one jsonb array of [key, image] pairs.
+    // privileges, as the action): one array of the relation's rows, kept in binary form.
     let before_sql = if b.low.is_some() {
         &plan.before_next
     } else {
         &plan.before_first
     };
     let before = identity::run_as(b.owner, Restriction::Restricted, b.search_path, || {
-        let rows = before_image::select_text_before_changes(before_sql, &args)?;
-        Ok::<_, DripError>(rows.into_iter().next().and_then(|mut r| r.pop().flatten()))
+        before_image::select_datum_before_changes(before_sql, &args)
     })?;
-    let Some(before) = before.filter(|t| t != "[]") else {
+    let Some(before) = before else {
         return Ok(());
     };
     // Compared with the rows now and saved in one statement, as one row for the batch. Only
     // keys the owner could read are looked up, so our own identity reveals no other rows.
-    let save_sql = if b.low.is_some() {
-        &plan.save_next
-    } else {
-        &plan.save_first
-    };
-    let mut save_args: Vec<DatumWithOid> = vec![
-        b.run_id.into(),
-        b.batch_no.into(),
-        before.as_str().into(),
-        plan.key_names.clone().into(),
-    ];
-    save_args.extend(args);
-    Spi::run_with_args(save_sql, &save_args)?;
+    // SAFETY: `before` is an array of the relation's row type (`before_sql`), of type
+    // `rows_type`, alive in this memory context for the statement.
+    let rows = unsafe { DatumWithOid::new(before, plan.rows_type) };
+    Spi::run_with_args(&plan.save, &[b.run_id.into(), b.batch_no.into(), rows])?;
     Ok(())
 }
 
@@ -203,11 +202,11 @@ impl Shape<'_> {
         format!("ARRAY[{}]::text[]", items.join(", "))
     }
 
-    /// `jsonb_build_object` of the given columns (name, quoted name) of `drip_rows`.
-    fn object(&self, columns: &[(String, String)]) -> String {
+    /// `jsonb_build_object` of the given columns (name, quoted name) of the row `alias`.
+    fn object(&self, alias: &str, columns: &[(String, String)]) -> String {
         let items: Vec<String> = columns
             .iter()
-            .map(|(n, q)| format!("{}, drip_rows.{q}", literal(n)))
+            .map(|(n, q)| format!("{}, {alias}.{q}", literal(n)))
             .collect();
         format!("pg_catalog.jsonb_build_object({})", items.join(", "))
     }
@@ -216,20 +215,22 @@ impl Shape<'_> {
         self.keys.iter().map(|k| (unquote(k), k.clone())).collect()
     }
 
-    /// The range `(low, high]` of the key (params from `first`), or `<= high`.
-    fn range(&self, has_low: bool, first: usize) -> String {
+    /// `(alias.k1, alias.k2)`.
+    fn key_row(&self, alias: &str) -> String {
+        let items: Vec<String> = self.keys.iter().map(|k| format!("{alias}.{k}")).collect();
+        format!("({})", items.join(", "))
+    }
+
+    /// The range `(low, high]` of the key (`$1..`), or `<= high`.
+    fn range(&self, has_low: bool) -> String {
         let k = self.keys.len();
         let row = |items: Vec<String>| format!("({})", items.join(", "));
-        let cols = row(self.keys.iter().map(|c| format!("drip_rows.{c}")).collect());
+        let cols = self.key_row("drip_rows");
         let params = |from: usize| row((from..from + k).map(|i| format!("${i}")).collect());
         if has_low {
-            format!(
-                "{cols} > {} AND {cols} <= {}",
-                params(first),
-                params(first + k)
-            )
+            format!("{cols} > {} AND {cols} <= {}", params(1), params(1 + k))
         } else {
-            format!("{cols} <= {}", params(first))
+            format!("{cols} <= {}", params(1))
         }
     }
 }
@@ -252,62 +253,82 @@ fn unquote(q: &str) -> String {
     }
 }
 
-/// The batch's range as it was (run with `before_image`), in one jsonb array of
-/// `[key, image]`: the key columns and assigned columns of a SET, the whole row of a DELETE.
+/// The batch's range as it was (run with `before_image`): one array of the relation's rows.
+/// Binary all the way to `capture_sql` (no jsonb, no text): most rows of a range are
+/// changed, and building images for them here would cost as much as the action.
 pub fn before_sql(s: &Shape, has_low: bool) -> String {
-    let image = if s.delete {
-        "pg_catalog.to_jsonb(drip_rows)".to_string()
-    } else {
-        let mut columns = s.key_columns();
-        let extra: Vec<(String, String)> = s
-            .assigned
-            .iter()
-            .filter(|a| !columns.iter().any(|k| k.0 == a.0))
-            .cloned()
-            .collect();
-        columns.extend(extra);
-        s.object(&columns)
-    };
     format!(
-        "SELECT coalesce(pg_catalog.jsonb_agg(pg_catalog.jsonb_build_array({}, {image})), '[]')::text \
-         FROM {} AS drip_rows WHERE {}",
-        s.key_array(),
+        "SELECT pg_catalog.array_agg(drip_rows) FROM {} AS drip_rows WHERE {}",
         s.relation,
-        s.range(has_low, 1)
+        s.range(has_low)
     )
 }
 
-/// Save a batch's undo row: `$3` holds the range's images before the action (`before_sql`),
-/// compared here with the range now (`$5..`, the same bounds). A SET saves each row whose
-/// assigned columns changed as `[key, before, written]` (`written` without the key columns
-/// `$4`); a DELETE each row gone as `[key, whole row]`. Nothing when nothing changed.
-pub fn capture_sql(s: &Shape, has_low: bool) -> String {
-    let old = "o AS (SELECT e -> 0 AS k, e -> 1 AS b FROM pg_catalog.jsonb_array_elements($3::text::jsonb) AS e)";
-    let range = s.range(has_low, 5);
+/// Save a batch's undo row: `$3` holds the range's rows before the action (`before_sql`),
+/// each looked up by its key now. A SET saves each row whose assigned columns changed (compared
+/// as text: exact, and defined for every type) as `[key, before, written]` (`before`: the key
+/// and assigned columns, `written`: the assigned columns); a DELETE each row gone as
+/// `[key, whole row]`. Nothing when nothing changed.
+pub fn capture_sql(s: &Shape) -> String {
+    let old = format!(
+        "drip_old AS (SELECT * FROM pg_catalog.unnest($3::{}[]) AS o)",
+        s.relation
+    );
     let key = s.key_array();
-    if s.delete {
-        format!(
-            "WITH {old}, \
-                  n AS (SELECT pg_catalog.to_jsonb({key}) AS k FROM {rel} AS drip_rows WHERE {range}), \
-                  c AS (SELECT o.k, o.b FROM o WHERE NOT EXISTS (SELECT 1 FROM n WHERE n.k = o.k)) \
-             INSERT INTO drip.undo (run_id, batch_no, op, rows, items) \
-             SELECT $1, $2, 'delete', count(*), pg_catalog.jsonb_agg(pg_catalog.jsonb_build_array(c.k, c.b)) \
-             FROM c HAVING count(*) > 0",
-            rel = s.relation
+    let (op, select) = if s.delete {
+        (
+            "delete",
+            format!(
+                "SELECT {key} AS k, pg_catalog.to_jsonb(drip_rows) AS b, NULL::jsonb AS w \
+                 FROM drip_old AS drip_rows WHERE NOT EXISTS (SELECT 1 FROM {rel} AS t WHERE {tk} = {ok})",
+                rel = s.relation,
+                tk = s.key_row("t"),
+                ok = s.key_row("drip_rows"),
+            ),
         )
     } else {
-        format!(
-            "WITH {old}, \
-                  n AS (SELECT pg_catalog.to_jsonb({key}) AS k, {now} AS w FROM {rel} AS drip_rows WHERE {range}), \
-                  c AS (SELECT o.k, o.b, n.w FROM o JOIN n ON n.k = o.k \
-                        WHERE n.w IS DISTINCT FROM (o.b OPERATOR(pg_catalog.-) $4::text[])) \
-             INSERT INTO drip.undo (run_id, batch_no, op, rows, items) \
-             SELECT $1, $2, 'update', count(*), pg_catalog.jsonb_agg(pg_catalog.jsonb_build_array(c.k, c.b, c.w)) \
-             FROM c HAVING count(*) > 0",
-            now = s.object(s.assigned),
-            rel = s.relation
+        let mut before = s.key_columns();
+        let extra: Vec<(String, String)> = s
+            .assigned
+            .iter()
+            .filter(|a| !before.iter().any(|k| k.0 == a.0))
+            .cloned()
+            .collect();
+        before.extend(extra);
+        let text = |alias: &str| {
+            let items: Vec<String> = s
+                .assigned
+                .iter()
+                .map(|(_, q)| format!("{alias}.{q}::text"))
+                .collect();
+            format!("({})", items.join(", "))
+        };
+        (
+            "update",
+            format!(
+                "SELECT {key} AS k, {b} AS b, {w} AS w \
+                 FROM drip_old AS drip_rows JOIN {rel} AS t ON {tk} = {ok} \
+                 WHERE {old_text} IS DISTINCT FROM {new_text}",
+                b = s.object("drip_rows", &before),
+                w = s.object("t", s.assigned),
+                rel = s.relation,
+                tk = s.key_row("t"),
+                ok = s.key_row("drip_rows"),
+                old_text = text("drip_rows"),
+                new_text = text("t"),
+            ),
         )
-    }
+    };
+    let item = if s.delete {
+        "pg_catalog.jsonb_build_array(c.k, c.b)"
+    } else {
+        "pg_catalog.jsonb_build_array(c.k, c.b, c.w)"
+    };
+    format!(
+        "WITH {old}, c AS ({select}) \
+         INSERT INTO drip.undo (run_id, batch_no, op, rows, items) \
+         SELECT $1, $2, '{op}', count(*), pg_catalog.jsonb_agg({item}) FROM c HAVING count(*) > 0"
+    )
 }
 
 /// A column of the reverted table: quoted name, and whether a revert may write it.
@@ -328,6 +349,7 @@ pub fn revert_statement(
     keys: &[String],
     columns: &[Column],
     deletes: bool,
+    assigned: &[(String, String)],
 ) -> String {
     let key_alias: Vec<String> = (1..=keys.len()).map(|i| format!("drip_k{i}")).collect();
     let row = |items: Vec<String>| format!("({})", items.join(", "));
@@ -339,10 +361,28 @@ pub fn revert_statement(
         .join(", ");
     let t_keys = row(keys.iter().map(|k| format!("t.{k}")).collect());
     let c_keys = row(key_alias.iter().map(|a| format!("c.{a}")).collect());
+    // A SET run's revert writes back only the columns the SET assigned (the ones saved).
     let settable: Vec<&Column> = columns
         .iter()
         .filter(|c| !c.generated && !c.identity_always && !keys.contains(&c.quoted))
+        .filter(|c| assigned.is_empty() || assigned.iter().any(|(_, q)| *q == c.quoted))
         .collect();
+    // Whether a row still holds what the run wrote: its assigned columns now, built as the
+    // capture built `written`, equal to it (else each written column against the whole row).
+    let changed = if assigned.is_empty() {
+        "EXISTS (SELECT 1 FROM pg_catalog.jsonb_each(u.drip_written) AS w \
+         WHERE pg_catalog.to_jsonb(t) -> w.key IS DISTINCT FROM w.value)"
+            .to_string()
+    } else {
+        let items: Vec<String> = assigned
+            .iter()
+            .map(|(n, q)| format!("{}, t.{q}", literal(n)))
+            .collect();
+        format!(
+            "pg_catalog.jsonb_build_object({}) IS DISTINCT FROM u.drip_written",
+            items.join(", ")
+        )
+    };
     let insertable: Vec<&Column> = columns.iter().filter(|c| !c.generated).collect();
     let mut ctes = vec![
         format!(
@@ -352,17 +392,20 @@ pub fn revert_statement(
              CROSS JOIN LATERAL pg_catalog.jsonb_populate_record(NULL::{relation}, i.e -> 1) AS p \
              WHERE b.run_id = $run)"
         ),
+        // The row now as jsonb only for conflicts (it is recorded with them).
         format!(
-            "drip_c AS (SELECT u.*, pg_catalog.to_jsonb(t) AS drip_now, t.{} IS NOT NULL AS drip_found \
-             FROM drip_u AS u LEFT JOIN {relation} AS t ON {t_keys} = {})",
-            keys[0],
-            row(key_alias.iter().map(|a| format!("u.{a}")).collect())
+            "drip_c AS (SELECT u.*, t.{k0} IS NOT NULL AS drip_found, \
+                    CASE WHEN t.{k0} IS NULL THEN NULL \
+                         WHEN u.drip_op = 'delete' THEN 'key taken' \
+                         WHEN {changed} THEN 'changed' END AS drip_conflict_now, \
+                    t AS drip_t \
+             FROM drip_u AS u LEFT JOIN {relation} AS t ON {t_keys} = {u_keys_row})",
+            k0 = keys[0],
+            u_keys_row = row(key_alias.iter().map(|a| format!("u.{a}")).collect())
         ),
-        "drip_v AS (SELECT c.*, CASE \
-             WHEN c.drip_op = 'update' AND NOT c.drip_found THEN 'deleted' \
-             WHEN c.drip_op = 'update' AND EXISTS (SELECT 1 FROM pg_catalog.jsonb_each(c.drip_written) AS w \
-                  WHERE c.drip_now -> w.key IS DISTINCT FROM w.value) THEN 'changed' \
-             WHEN c.drip_op = 'delete' AND c.drip_found THEN 'key taken' END AS drip_conflict \
+        "drip_v AS (SELECT c.*, CASE WHEN c.drip_op = 'update' AND NOT c.drip_found THEN 'deleted' \
+             ELSE c.drip_conflict_now END AS drip_conflict, \
+             CASE WHEN c.drip_conflict_now IS NOT NULL THEN pg_catalog.to_jsonb(c.drip_t) END AS drip_now \
              FROM drip_c AS c)"
             .to_string(),
         "drip_x AS (INSERT INTO drip.revert_conflicts (run_id, key, reason, current, expected) \
@@ -546,11 +589,23 @@ fn revert_impl(run_id: i64, note: Option<&str>) -> DripResult<i64> {
         .map(|k| pgrx::spi::quote_identifier(&k.name))
         .collect();
     let columns = table_columns(pg_sys::Oid::from(def.relation_oid))?;
+    let assigned: Vec<(String, String)> = if matches!(compiled.kind, ActionKind::Set) {
+        crate::pg::parse::update_target_columns(&compiled.sql.work_first)
+            .into_iter()
+            .map(|n| {
+                let q = pgrx::spi::quote_identifier(&n);
+                (n, q)
+            })
+            .collect()
+    } else {
+        Vec::new()
+    };
     let statement = revert_statement(
         &compiled.relation,
         &keys,
         &columns,
         matches!(compiled.kind, ActionKind::Delete),
+        &assigned,
     );
     let name = format!("revert:{run_id}");
     // Key range of the walk over drip.undo: (run_id, 0) exclusive (batches count from 1) to
@@ -740,44 +795,57 @@ mod tests {
     #[test]
     fn capture_reads_the_range_before_and_now_and_saves_one_row_per_batch() {
         let keys = vec!["a".to_string(), "\"B\"".to_string()];
+        let assigned = vec![("email".to_string(), "email".to_string())];
         let set = Shape {
             relation: "public.t",
             keys: &keys,
             plain: &[true, false],
-            assigned: &[("email".into(), "email".into())],
+            assigned: &assigned,
             delete: false,
         };
         assert_eq!(
             before_sql(&set, true),
-            "SELECT coalesce(pg_catalog.jsonb_agg(pg_catalog.jsonb_build_array(\
-             ARRAY[drip_rows.a::text, drip.key_text(drip_rows.\"B\")]::text[], \
-             pg_catalog.jsonb_build_object('a', drip_rows.a, 'B', drip_rows.\"B\", 'email', drip_rows.email))), '[]')::text \
-             FROM public.t AS drip_rows WHERE (drip_rows.a, drip_rows.\"B\") > ($1, $2) \
-             AND (drip_rows.a, drip_rows.\"B\") <= ($3, $4)"
+            "SELECT pg_catalog.array_agg(drip_rows) FROM public.t AS drip_rows \
+             WHERE (drip_rows.a, drip_rows.\"B\") > ($1, $2) AND (drip_rows.a, drip_rows.\"B\") <= ($3, $4)"
         );
-        let sql = capture_sql(&set, false);
+        assert_eq!(
+            before_sql(&set, false),
+            "SELECT pg_catalog.array_agg(drip_rows) FROM public.t AS drip_rows \
+             WHERE (drip_rows.a, drip_rows.\"B\") <= ($1, $2)"
+        );
+        let sql = capture_sql(&set);
         assert!(
-            sql.contains("WHERE (drip_rows.a, drip_rows.\"B\") <= ($5, $6)"),
+            sql.starts_with(
+                "WITH drip_old AS (SELECT * FROM pg_catalog.unnest($3::public.t[]) AS o)"
+            ),
             "{sql}"
         );
         assert!(
-            sql.contains("pg_catalog.jsonb_build_object('email', drip_rows.email) AS w"),
+            sql.contains("ARRAY[drip_rows.a::text, drip.key_text(drip_rows.\"B\")]::text[] AS k"),
+            "{sql}"
+        );
+        assert!(sql.contains(
+            "pg_catalog.jsonb_build_object('a', drip_rows.a, 'B', drip_rows.\"B\", 'email', drip_rows.email) AS b, \
+             pg_catalog.jsonb_build_object('email', t.email) AS w"
+        ), "{sql}");
+        assert!(
+            sql.contains("JOIN public.t AS t ON (t.a, t.\"B\") = (drip_rows.a, drip_rows.\"B\")"),
             "{sql}"
         );
         assert!(
-            sql.contains("INSERT INTO drip.undo (run_id, batch_no, op, rows, items)"),
+            sql.contains("WHERE (drip_rows.email::text) IS DISTINCT FROM (t.email::text)"),
             "{sql}"
         );
-        assert!(sql.ends_with("FROM c HAVING count(*) > 0"), "{sql}");
+        assert!(sql.ends_with("SELECT $1, $2, 'update', count(*), pg_catalog.jsonb_agg(pg_catalog.jsonb_build_array(c.k, c.b, c.w)) FROM c HAVING count(*) > 0"), "{sql}");
         let delete = Shape {
             delete: true,
             assigned: &[],
             ..set
         };
-        assert!(before_sql(&delete, false).contains("pg_catalog.to_jsonb(drip_rows)"));
-        assert!(
-            capture_sql(&delete, false).contains("NOT EXISTS (SELECT 1 FROM n WHERE n.k = o.k)")
-        );
+        let sql = capture_sql(&delete);
+        assert!(sql.contains("pg_catalog.to_jsonb(drip_rows) AS b"), "{sql}");
+        assert!(sql.contains("WHERE NOT EXISTS (SELECT 1 FROM public.t AS t WHERE (t.a, t.\"B\") = (drip_rows.a, drip_rows.\"B\"))"), "{sql}");
+        assert!(sql.contains("'delete', count(*)"), "{sql}");
         assert_eq!(unquote("\"A\"\"b\""), "A\"b");
         assert_eq!(literal("it's"), "'it''s'");
         assert_eq!(literal("a\\b"), "E'a\\\\b'");
@@ -802,7 +870,7 @@ mod tests {
                 identity_always: false,
             },
         ];
-        let sql = revert_statement("public.t", &["id".into()], &cols, true);
+        let sql = revert_statement("public.t", &["id".into()], &cols, true, &[]);
         assert!(sql.starts_with("WITH drip_u AS ("), "{sql}");
         assert!(sql.contains(
             "UPDATE public.t AS t SET (\"Email\") = (SELECT r.\"Email\" FROM pg_catalog.jsonb_populate_record(t, c.drip_before) AS r)"
@@ -817,7 +885,15 @@ mod tests {
         );
         assert!(sql.ends_with("SELECT 1 FROM drip_r UNION ALL SELECT 1 FROM drip_i"));
         // A SET run's revert inserts nothing (its owner may lack INSERT).
-        let sql = revert_statement("public.t", &["id".into()], &cols, false);
+        let sql = revert_statement("public.t", &["id".into()], &cols, false, &[]);
         assert!(!sql.contains("INSERT INTO public.t"));
+        // A SET run's revert compares and writes back only the assigned columns.
+        let assigned = vec![("Email".to_string(), "\"Email\"".to_string())];
+        let sql = revert_statement("public.t", &["id".into()], &cols, false, &assigned);
+        assert!(
+            sql.contains("WHEN pg_catalog.jsonb_build_object('Email', t.\"Email\") IS DISTINCT FROM u.drip_written THEN 'changed'"),
+            "{sql}"
+        );
+        assert!(!sql.contains("jsonb_each"), "{sql}");
     }
 }
