@@ -53,14 +53,19 @@ CREATE TABLE drip.undo (
 );
 COMMENT ON TABLE drip.undo IS 'Before-images saved by runs with undo, one row per batch that changed rows, for drip.revert (drip.undo_rows, drip.undo_size, drip.purge_undo).';
 COMMENT ON COLUMN drip.undo.rows IS 'The rows this batch changed (elements of items).';
-COMMENT ON COLUMN drip.undo.items IS 'update: [key, before, written] per changed row (before: the key columns and the assigned columns as they were; written: the assigned columns as the run wrote them; a revert restores a row only while it still holds them); delete: [key, whole row].';
+COMMENT ON COLUMN drip.undo.items IS 'Columnar: k, the keys (text per key column); update: b, per key and assigned column its values before, and w, per assigned column its values as the run wrote them (a revert restores a row only while it still holds them); delete: r, the whole rows. drip.undo_rows shows them one row per changed row.';
 
 -- One row per changed row, as the revert sees them (the caller''s own runs only).
 CREATE VIEW drip.undo_rows WITH (security_invoker = true) AS
     SELECT u.run_id, u.batch_no,
-           ARRAY(SELECT pg_catalog.jsonb_array_elements_text(i.e -> 0)) AS key,
-           u.op, i.e -> 1 AS before, i.e -> 2 AS written
-    FROM drip.undo u CROSS JOIN LATERAL pg_catalog.jsonb_array_elements(u.items) AS i(e);
+           ARRAY(SELECT pg_catalog.jsonb_array_elements_text(k.v)) AS key, u.op,
+           CASE WHEN u.op = 'delete' THEN u.items -> 'r' -> (k.n::integer - 1)
+                ELSE (SELECT pg_catalog.jsonb_object_agg(c.key, c.value -> (k.n::integer - 1))
+                      FROM pg_catalog.jsonb_each(u.items -> 'b') AS c) END AS before,
+           (SELECT pg_catalog.jsonb_object_agg(c.key, c.value -> (k.n::integer - 1))
+            FROM pg_catalog.jsonb_each(u.items -> 'w') AS c) AS written
+    FROM drip.undo u
+    CROSS JOIN LATERAL pg_catalog.jsonb_array_elements(u.items -> 'k') WITH ORDINALITY AS k(v, n);
 COMMENT ON VIEW drip.undo_rows IS 'drip.undo one row per changed row: key (text per key column), op, before, written.';
 
 CREATE TABLE drip.revert_conflicts (

@@ -117,12 +117,26 @@ impl CapturePlan {
         )?
         .filter(|o| *o != pg_sys::Oid::INVALID)
         .ok_or_else(|| DripError::Internal(format!("no array type for {}", c.relation)))?;
+        let array_like: Vec<String> = Spi::connect(|client| {
+            client
+                .select(
+                    "SELECT a.attname::text FROM pg_catalog.pg_attribute a \
+                     JOIN pg_catalog.pg_type t ON t.oid = a.atttypid \
+                     WHERE a.attrelid = $1::text::regclass AND a.attnum > 0 AND NOT a.attisdropped \
+                       AND (t.typcategory = 'A' OR t.typtype = 'd')",
+                    None,
+                    &[c.relation.as_str().into()],
+                )?
+                .map(|r| Ok(r.get::<String>(1)?.unwrap_or_default()))
+                .collect::<Result<Vec<_>, pgrx::spi::SpiError>>()
+        })?;
         let shape = Shape {
             relation: &c.relation,
             keys: &keys,
             plain: &plain,
             assigned: &assigned,
             delete,
+            array_like: &array_like,
         };
         Ok(CapturePlan {
             before_first: before_sql(&shape, false),
@@ -182,6 +196,9 @@ pub struct Shape<'a> {
     /// The columns a SET assigns: name and quoted name.
     pub assigned: &'a [(String, String)],
     pub delete: bool,
+    /// Columns whose values are arrays (or of a domain type): aggregated with `jsonb_agg`,
+    /// since `array_agg` of arrays needs equal dimensions.
+    pub array_like: &'a [String],
 }
 
 impl Shape<'_> {
@@ -200,15 +217,6 @@ impl Shape<'_> {
             })
             .collect();
         format!("ARRAY[{}]::text[]", items.join(", "))
-    }
-
-    /// `jsonb_build_object` of the given columns (name, quoted name) of the row `alias`.
-    fn object(&self, alias: &str, columns: &[(String, String)]) -> String {
-        let items: Vec<String> = columns
-            .iter()
-            .map(|(n, q)| format!("{}, {alias}.{q}", literal(n)))
-            .collect();
-        format!("pg_catalog.jsonb_build_object({})", items.join(", "))
     }
 
     fn key_columns(&self) -> Vec<(String, String)> {
@@ -264,23 +272,56 @@ pub fn before_sql(s: &Shape, has_low: bool) -> String {
     )
 }
 
+/// `jsonb_build_object` of (name literal, value expression) pairs, in chunks joined with `||`
+/// (a function takes at most 100 arguments).
+fn build_object(pairs: &[(String, String)]) -> String {
+    if pairs.is_empty() {
+        return "'{}'::jsonb".to_string();
+    }
+    pairs
+        .chunks(40)
+        .map(|chunk| {
+            let items: Vec<String> = chunk
+                .iter()
+                .map(|(n, v)| format!("{}, {v}", literal(n)))
+                .collect();
+            format!("pg_catalog.jsonb_build_object({})", items.join(", "))
+        })
+        .collect::<Vec<_>>()
+        .join(" OPERATOR(pg_catalog.||) ")
+}
+
 /// Save a batch's undo row: `$3` holds the range's rows before the action (`before_sql`),
-/// each looked up by its key now. A SET saves each row whose assigned columns changed (compared
-/// as text: exact, and defined for every type) as `[key, before, written]` (`before`: the key
-/// and assigned columns, `written`: the assigned columns); a DELETE each row gone as
-/// `[key, whole row]`. Nothing when nothing changed.
+/// each looked up by its key now. Only rows that changed are saved: for a SET, rows whose
+/// assigned columns differ (compared as text: exact, and defined for every type); for a DELETE,
+/// rows gone. The batch's `items` are columnar, aggregated once per column rather than built
+/// per row (several times cheaper): `k`, the keys (text per key column); for a SET `b`, per key
+/// and assigned column its values before, and `w`, per assigned column its values written; for
+/// a DELETE `r`, the whole rows. Nothing when nothing changed.
 pub fn capture_sql(s: &Shape) -> String {
     let old = format!(
         "drip_old AS (SELECT * FROM pg_catalog.unnest($3::{}[]) AS o)",
         s.relation
     );
-    let key = s.key_array();
-    let (op, select) = if s.delete {
+    let agg = |alias: &str, name: &str, quoted: &str| {
+        if s.array_like.iter().any(|a| a == name) {
+            format!("pg_catalog.jsonb_agg({alias}.{quoted})")
+        } else {
+            format!("pg_catalog.to_jsonb(pg_catalog.array_agg({alias}.{quoted}))")
+        }
+    };
+    let keys = format!(
+        "pg_catalog.to_jsonb(pg_catalog.array_agg({}))",
+        s.key_array()
+    );
+    let (op, items, from) = if s.delete {
         (
             "delete",
             format!(
-                "SELECT {key} AS k, pg_catalog.to_jsonb(drip_rows) AS b, NULL::jsonb AS w \
-                 FROM drip_old AS drip_rows WHERE NOT EXISTS (SELECT 1 FROM {rel} AS t WHERE {tk} = {ok})",
+                "pg_catalog.jsonb_build_object('k', {keys}, 'r', pg_catalog.jsonb_agg(drip_rows))"
+            ),
+            format!(
+                "drip_old AS drip_rows WHERE NOT EXISTS (SELECT 1 FROM {rel} AS t WHERE {tk} = {ok})",
                 rel = s.relation,
                 tk = s.key_row("t"),
                 ok = s.key_row("drip_rows"),
@@ -295,6 +336,15 @@ pub fn capture_sql(s: &Shape) -> String {
             .cloned()
             .collect();
         before.extend(extra);
+        let b: Vec<(String, String)> = before
+            .iter()
+            .map(|(n, q)| (n.clone(), agg("drip_rows", n, q)))
+            .collect();
+        let w: Vec<(String, String)> = s
+            .assigned
+            .iter()
+            .map(|(n, q)| (n.clone(), agg("t", n, q)))
+            .collect();
         let text = |alias: &str| {
             let items: Vec<String> = s
                 .assigned
@@ -306,11 +356,13 @@ pub fn capture_sql(s: &Shape) -> String {
         (
             "update",
             format!(
-                "SELECT {key} AS k, {b} AS b, {w} AS w \
-                 FROM drip_old AS drip_rows JOIN {rel} AS t ON {tk} = {ok} \
+                "pg_catalog.jsonb_build_object('k', {keys}, 'b', {}, 'w', {})",
+                build_object(&b),
+                build_object(&w)
+            ),
+            format!(
+                "drip_old AS drip_rows JOIN {rel} AS t ON {tk} = {ok} \
                  WHERE {old_text} IS DISTINCT FROM {new_text}",
-                b = s.object("drip_rows", &before),
-                w = s.object("t", s.assigned),
                 rel = s.relation,
                 tk = s.key_row("t"),
                 ok = s.key_row("drip_rows"),
@@ -319,15 +371,10 @@ pub fn capture_sql(s: &Shape) -> String {
             ),
         )
     };
-    let item = if s.delete {
-        "pg_catalog.jsonb_build_array(c.k, c.b)"
-    } else {
-        "pg_catalog.jsonb_build_array(c.k, c.b, c.w)"
-    };
     format!(
-        "WITH {old}, c AS ({select}) \
+        "WITH {old} \
          INSERT INTO drip.undo (run_id, batch_no, op, rows, items) \
-         SELECT $1, $2, '{op}', count(*), pg_catalog.jsonb_agg({item}) FROM c HAVING count(*) > 0"
+         SELECT $1, $2, '{op}', count(*), {items} FROM {from} HAVING count(*) > 0"
     )
 }
 
@@ -384,12 +431,48 @@ pub fn revert_statement(
         )
     };
     let insertable: Vec<&Column> = columns.iter().filter(|c| !c.generated).collect();
-    let mut ctes = vec![
+    // Element `n` (1-based) of each column's values in the items.
+    let at = |part: &str, name: &str| {
         format!(
-            "drip_u AS (SELECT i.e -> 0 AS drip_key, b.op AS drip_op, i.e -> 1 AS drip_before, \
-             i.e -> 2 AS drip_written, {u_keys} FROM drip_batch AS b \
-             CROSS JOIN LATERAL pg_catalog.jsonb_array_elements(b.items) AS i(e) \
-             CROSS JOIN LATERAL pg_catalog.jsonb_populate_record(NULL::{relation}, i.e -> 1) AS p \
+            "b.items -> '{part}' -> {} -> (k.n::integer - 1)",
+            literal(name)
+        )
+    };
+    let generic = |part: &str| {
+        format!(
+            "(SELECT pg_catalog.jsonb_object_agg(c.key, c.value -> (k.n::integer - 1)) \
+             FROM pg_catalog.jsonb_each(b.items -> '{part}') AS c)"
+        )
+    };
+    let (before, written) = if deletes {
+        (
+            "b.items -> 'r' -> (k.n::integer - 1)".to_string(),
+            "NULL::jsonb".to_string(),
+        )
+    } else if assigned.is_empty() {
+        (generic("b"), generic("w"))
+    } else {
+        let mut names: Vec<String> = keys.iter().map(|k| unquote(k)).collect();
+        for (n, _) in assigned {
+            if !names.contains(n) {
+                names.push(n.clone());
+            }
+        }
+        let b: Vec<(String, String)> = names.iter().map(|n| (n.clone(), at("b", n))).collect();
+        let w: Vec<(String, String)> = assigned
+            .iter()
+            .map(|(n, _)| (n.clone(), at("w", n)))
+            .collect();
+        (build_object(&b), build_object(&w))
+    };
+    let mut ctes = vec![
+        // One row per saved row out of the batch's columnar items (`capture_sql`).
+        format!(
+            "drip_u AS (SELECT k.v AS drip_key, b.op AS drip_op, i.drip_before, i.drip_written, {u_keys} \
+             FROM drip_batch AS b \
+             CROSS JOIN LATERAL pg_catalog.jsonb_array_elements(b.items -> 'k') WITH ORDINALITY AS k(v, n) \
+             CROSS JOIN LATERAL (SELECT {before} AS drip_before, {written} AS drip_written) AS i \
+             CROSS JOIN LATERAL pg_catalog.jsonb_populate_record(NULL::{relation}, i.drip_before) AS p \
              WHERE b.run_id = $run)"
         ),
         // The row now as jsonb only for conflicts (it is recorded with them).
@@ -795,13 +878,18 @@ mod tests {
     #[test]
     fn capture_reads_the_range_before_and_now_and_saves_one_row_per_batch() {
         let keys = vec!["a".to_string(), "\"B\"".to_string()];
-        let assigned = vec![("email".to_string(), "email".to_string())];
+        let assigned = vec![
+            ("email".to_string(), "email".to_string()),
+            ("tags".to_string(), "tags".to_string()),
+        ];
+        let array_like = vec!["tags".to_string()];
         let set = Shape {
             relation: "public.t",
             keys: &keys,
             plain: &[true, false],
             assigned: &assigned,
             delete: false,
+            array_like: &array_like,
         };
         assert_eq!(
             before_sql(&set, true),
@@ -820,35 +908,49 @@ mod tests {
             ),
             "{sql}"
         );
-        assert!(
-            sql.contains("ARRAY[drip_rows.a::text, drip.key_text(drip_rows.\"B\")]::text[] AS k"),
-            "{sql}"
-        );
         assert!(sql.contains(
-            "pg_catalog.jsonb_build_object('a', drip_rows.a, 'B', drip_rows.\"B\", 'email', drip_rows.email) AS b, \
-             pg_catalog.jsonb_build_object('email', t.email) AS w"
+            "'k', pg_catalog.to_jsonb(pg_catalog.array_agg(ARRAY[drip_rows.a::text, drip.key_text(drip_rows.\"B\")]::text[]))"
+        ), "{sql}");
+        // Columnar: one aggregate per column; arrays with jsonb_agg (any dimensions).
+        assert!(sql.contains(
+            "'b', pg_catalog.jsonb_build_object('a', pg_catalog.to_jsonb(pg_catalog.array_agg(drip_rows.a)), \
+             'B', pg_catalog.to_jsonb(pg_catalog.array_agg(drip_rows.\"B\")), \
+             'email', pg_catalog.to_jsonb(pg_catalog.array_agg(drip_rows.email)), \
+             'tags', pg_catalog.jsonb_agg(drip_rows.tags))"
+        ), "{sql}");
+        assert!(sql.contains(
+            "'w', pg_catalog.jsonb_build_object('email', pg_catalog.to_jsonb(pg_catalog.array_agg(t.email)), \
+             'tags', pg_catalog.jsonb_agg(t.tags))"
         ), "{sql}");
         assert!(
             sql.contains("JOIN public.t AS t ON (t.a, t.\"B\") = (drip_rows.a, drip_rows.\"B\")"),
             "{sql}"
         );
-        assert!(
-            sql.contains("WHERE (drip_rows.email::text) IS DISTINCT FROM (t.email::text)"),
-            "{sql}"
-        );
-        assert!(sql.ends_with("SELECT $1, $2, 'update', count(*), pg_catalog.jsonb_agg(pg_catalog.jsonb_build_array(c.k, c.b, c.w)) FROM c HAVING count(*) > 0"), "{sql}");
+        assert!(sql.contains("WHERE (drip_rows.email::text, drip_rows.tags::text) IS DISTINCT FROM (t.email::text, t.tags::text)"), "{sql}");
+        assert!(sql.contains("SELECT $1, $2, 'update', count(*), "), "{sql}");
+        assert!(sql.ends_with("HAVING count(*) > 0"), "{sql}");
         let delete = Shape {
             delete: true,
             assigned: &[],
             ..set
         };
         let sql = capture_sql(&delete);
-        assert!(sql.contains("pg_catalog.to_jsonb(drip_rows) AS b"), "{sql}");
+        assert!(
+            sql.contains("'r', pg_catalog.jsonb_agg(drip_rows))"),
+            "{sql}"
+        );
         assert!(sql.contains("WHERE NOT EXISTS (SELECT 1 FROM public.t AS t WHERE (t.a, t.\"B\") = (drip_rows.a, drip_rows.\"B\"))"), "{sql}");
         assert!(sql.contains("'delete', count(*)"), "{sql}");
         assert_eq!(unquote("\"A\"\"b\""), "A\"b");
         assert_eq!(literal("it's"), "'it''s'");
         assert_eq!(literal("a\\b"), "E'a\\\\b'");
+        let many: Vec<(String, String)> = (0..45)
+            .map(|i| (format!("c{i}"), "1".to_string()))
+            .collect();
+        assert_eq!(
+            build_object(&many).matches("jsonb_build_object(").count(),
+            2
+        );
     }
 
     #[test]
@@ -894,6 +996,11 @@ mod tests {
             sql.contains("WHEN pg_catalog.jsonb_build_object('Email', t.\"Email\") IS DISTINCT FROM u.drip_written THEN 'changed'"),
             "{sql}"
         );
+        assert!(sql.contains(
+            "SELECT pg_catalog.jsonb_build_object('id', b.items -> 'b' -> 'id' -> (k.n::integer - 1), \
+             'Email', b.items -> 'b' -> 'Email' -> (k.n::integer - 1)) AS drip_before, \
+             pg_catalog.jsonb_build_object('Email', b.items -> 'w' -> 'Email' -> (k.n::integer - 1)) AS drip_written"
+        ), "{sql}");
         assert!(!sql.contains("jsonb_each"), "{sql}");
     }
 }
