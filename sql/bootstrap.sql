@@ -170,16 +170,19 @@ COMMENT ON COLUMN drip.undo.rows IS 'The rows this batch changed (elements of it
 COMMENT ON COLUMN drip.undo.items IS 'Columnar: k, the keys (text per key column); update: b, per key and assigned column its values before, and w, per assigned column its values as the run wrote them (a revert restores a row only while it still holds them); delete: r, the whole rows. drip.undo_rows shows them one row per changed row.';
 
 -- One row per changed row, as the revert sees them (the caller''s own runs only).
+-- (x takes the parts out of items once per batch: items is stored compressed.)
 CREATE VIEW drip.undo_rows WITH (security_invoker = true) AS
     SELECT u.run_id, u.batch_no,
            ARRAY(SELECT pg_catalog.jsonb_array_elements_text(k.v)) AS key, u.op,
-           CASE WHEN u.op = 'delete' THEN u.items -> 'r' -> (k.n::integer - 1)
+           CASE WHEN u.op = 'delete' THEN x.r -> (k.n::integer - 1)
                 ELSE (SELECT pg_catalog.jsonb_object_agg(c.key, c.value -> (k.n::integer - 1))
-                      FROM pg_catalog.jsonb_each(u.items -> 'b') AS c) END AS before,
+                      FROM pg_catalog.jsonb_each(x.b) AS c) END AS before,
            (SELECT pg_catalog.jsonb_object_agg(c.key, c.value -> (k.n::integer - 1))
-            FROM pg_catalog.jsonb_each(u.items -> 'w') AS c) AS written
+            FROM pg_catalog.jsonb_each(x.w) AS c) AS written
     FROM drip.undo u
-    CROSS JOIN LATERAL pg_catalog.jsonb_array_elements(u.items -> 'k') WITH ORDINALITY AS k(v, n);
+    CROSS JOIN LATERAL (SELECT u.items -> 'k' AS k, u.items -> 'b' AS b, u.items -> 'w' AS w,
+                               u.items -> 'r' AS r OFFSET 0) AS x
+    CROSS JOIN LATERAL pg_catalog.jsonb_array_elements(x.k) WITH ORDINALITY AS k(v, n);
 COMMENT ON VIEW drip.undo_rows IS 'drip.undo one row per changed row: key (text per key column), op, before, written.';
 
 CREATE TABLE drip.revert_conflicts (

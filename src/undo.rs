@@ -431,25 +431,26 @@ pub fn revert_statement(
         )
     };
     let insertable: Vec<&Column> = columns.iter().filter(|c| !c.generated).collect();
-    // Element `n` (1-based) of each column's values in the items.
-    let at = |part: &str, name: &str| {
-        format!(
-            "b.items -> '{part}' -> {} -> (k.n::integer - 1)",
-            literal(name)
-        )
-    };
-    let generic = |part: &str| {
-        format!(
-            "(SELECT pg_catalog.jsonb_object_agg(c.key, c.value -> (k.n::integer - 1)) \
-             FROM pg_catalog.jsonb_each(b.items -> '{part}') AS c)"
-        )
-    };
+    // Element `n` (1-based) of each column's values in the items. Each column's values are
+    // taken out of `items` once per undo row (`x`, kept from being flattened by OFFSET 0):
+    // `items` is stored compressed and out of line, and each `->` on it, or on a part of it,
+    // would copy all of that again for every row.
+    let mut parts: Vec<String> = vec!["b.items -> 'k' AS k".to_string()];
     let (before, written) = if deletes {
+        parts.push("b.items -> 'r' AS r".to_string());
         (
-            "b.items -> 'r' -> (k.n::integer - 1)".to_string(),
+            "x.r -> (k.n::integer - 1)".to_string(),
             "NULL::jsonb".to_string(),
         )
     } else if assigned.is_empty() {
+        parts.push("b.items -> 'b' AS b".to_string());
+        parts.push("b.items -> 'w' AS w".to_string());
+        let generic = |part: &str| {
+            format!(
+                "(SELECT pg_catalog.jsonb_object_agg(c.key, c.value -> (k.n::integer - 1)) \
+                 FROM pg_catalog.jsonb_each(x.{part}) AS c)"
+            )
+        };
         (generic("b"), generic("w"))
     } else {
         let mut names: Vec<String> = keys.iter().map(|k| unquote(k)).collect();
@@ -458,19 +459,33 @@ pub fn revert_statement(
                 names.push(n.clone());
             }
         }
-        let b: Vec<(String, String)> = names.iter().map(|n| (n.clone(), at("b", n))).collect();
+        let mut column = |part: &str, i: usize, name: &str| {
+            parts.push(format!(
+                "b.items -> '{part}' -> {} AS {part}{i}",
+                literal(name)
+            ));
+            format!("x.{part}{i} -> (k.n::integer - 1)")
+        };
+        let b: Vec<(String, String)> = names
+            .iter()
+            .enumerate()
+            .map(|(i, n)| (n.clone(), column("b", i, n)))
+            .collect();
         let w: Vec<(String, String)> = assigned
             .iter()
-            .map(|(n, _)| (n.clone(), at("w", n)))
+            .enumerate()
+            .map(|(i, (n, _))| (n.clone(), column("w", i, n)))
             .collect();
         (build_object(&b), build_object(&w))
     };
+    let parts = parts.join(", ");
     let mut ctes = vec![
         // One row per saved row out of the batch's columnar items (`capture_sql`).
         format!(
             "drip_u AS (SELECT k.v AS drip_key, b.op AS drip_op, i.drip_before, i.drip_written, {u_keys} \
              FROM drip_batch AS b \
-             CROSS JOIN LATERAL pg_catalog.jsonb_array_elements(b.items -> 'k') WITH ORDINALITY AS k(v, n) \
+             CROSS JOIN LATERAL (SELECT {parts} OFFSET 0) AS x \
+             CROSS JOIN LATERAL pg_catalog.jsonb_array_elements(x.k) WITH ORDINALITY AS k(v, n) \
              CROSS JOIN LATERAL (SELECT {before} AS drip_before, {written} AS drip_written) AS i \
              CROSS JOIN LATERAL pg_catalog.jsonb_populate_record(NULL::{relation}, i.drip_before) AS p \
              WHERE b.run_id = $run)"
@@ -996,10 +1011,17 @@ mod tests {
             sql.contains("WHEN pg_catalog.jsonb_build_object('Email', t.\"Email\") IS DISTINCT FROM u.drip_written THEN 'changed'"),
             "{sql}"
         );
+        assert!(
+            sql.contains(
+                "SELECT pg_catalog.jsonb_build_object('id', x.b0 -> (k.n::integer - 1), \
+             'Email', x.b1 -> (k.n::integer - 1)) AS drip_before, \
+             pg_catalog.jsonb_build_object('Email', x.w0 -> (k.n::integer - 1)) AS drip_written"
+            ),
+            "{sql}"
+        );
         assert!(sql.contains(
-            "SELECT pg_catalog.jsonb_build_object('id', b.items -> 'b' -> 'id' -> (k.n::integer - 1), \
-             'Email', b.items -> 'b' -> 'Email' -> (k.n::integer - 1)) AS drip_before, \
-             pg_catalog.jsonb_build_object('Email', b.items -> 'w' -> 'Email' -> (k.n::integer - 1)) AS drip_written"
+            "(SELECT b.items -> 'k' AS k, b.items -> 'b' -> 'id' AS b0, b.items -> 'b' -> 'Email' AS b1, \
+             b.items -> 'w' -> 'Email' AS w0 OFFSET 0) AS x"
         ), "{sql}");
         assert!(!sql.contains("jsonb_each"), "{sql}");
     }
