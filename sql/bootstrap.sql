@@ -82,7 +82,8 @@ CREATE TABLE drip.runs (
     worker_pid     integer,
     undo           boolean NOT NULL DEFAULT false,
     reverts        bigint,
-    reverted_by    bigint
+    reverted_by    bigint,
+    undo_purged_at timestamptz
 );
 
 -- At most one active run per backfill.
@@ -103,6 +104,7 @@ COMMENT ON COLUMN drip.runs.worker_pid IS 'Process id of the background worker e
 COMMENT ON COLUMN drip.runs.undo IS 'Each batch saves the before-image of what it changes in drip.undo, in its own commit.';
 COMMENT ON COLUMN drip.runs.reverts IS 'A revert run (drip.revert): the run whose changes it takes back.';
 COMMENT ON COLUMN drip.runs.reverted_by IS 'The revert run started for this run by drip.revert.';
+COMMENT ON COLUMN drip.runs.undo_purged_at IS 'When drip.purge_undo or drip.undo_retention removed the run''s undo data; it can no longer be reverted.';
 
 CREATE TABLE drip.batches (
     run_id       bigint NOT NULL,  -- drip.runs (id); no FK: an RI check per batch costs more than it guards
@@ -157,16 +159,31 @@ COMMENT ON TABLE drip.row_errors IS 'Element mode: rows whose action failed (in 
 -- Undo data: what each batch of a run with undo changed, saved in the batch's own commit.
 CREATE TABLE drip.undo (
     run_id    bigint NOT NULL,
-    key       text[] NOT NULL,
     batch_no  bigint NOT NULL,
     op        text NOT NULL CHECK (op IN ('update', 'delete')),
-    before    jsonb NOT NULL,
-    written   jsonb,
-    PRIMARY KEY (run_id, key)
+    rows      integer NOT NULL,
+    items     jsonb NOT NULL,
+    PRIMARY KEY (run_id, batch_no)
 );
-COMMENT ON TABLE drip.undo IS 'Before-images saved by runs with undo, one row per changed row, for drip.revert (drip.undo_size, drip.purge_undo).';
-COMMENT ON COLUMN drip.undo.before IS 'update: the key columns and the changed columns as they were; delete: the whole row.';
-COMMENT ON COLUMN drip.undo.written IS 'update: the values the run wrote to the changed columns (a revert restores a row only while it still holds them).';
+COMMENT ON TABLE drip.undo IS 'Before-images saved by runs with undo, one row per batch that changed rows, for drip.revert (drip.undo_rows, drip.undo_size, drip.purge_undo).';
+COMMENT ON COLUMN drip.undo.rows IS 'The rows this batch changed (elements of items).';
+COMMENT ON COLUMN drip.undo.items IS 'Columnar: k, the keys (text per key column); update: b, per key and assigned column its values before, and w, per assigned column its values as the run wrote them (a revert restores a row only while it still holds them); delete: r, the whole rows. drip.undo_rows shows them one row per changed row.';
+
+-- One row per changed row, as the revert sees them (the caller''s own runs only).
+-- (x takes the parts out of items once per batch: items is stored compressed.)
+CREATE VIEW drip.undo_rows WITH (security_invoker = true) AS
+    SELECT u.run_id, u.batch_no,
+           ARRAY(SELECT pg_catalog.jsonb_array_elements_text(k.v)) AS key, u.op,
+           CASE WHEN u.op = 'delete' THEN x.r -> (k.n::integer - 1)
+                ELSE (SELECT pg_catalog.jsonb_object_agg(c.key, c.value -> (k.n::integer - 1))
+                      FROM pg_catalog.jsonb_each(x.b) AS c) END AS before,
+           (SELECT pg_catalog.jsonb_object_agg(c.key, c.value -> (k.n::integer - 1))
+            FROM pg_catalog.jsonb_each(x.w) AS c) AS written
+    FROM drip.undo u
+    CROSS JOIN LATERAL (SELECT u.items -> 'k' AS k, u.items -> 'b' AS b, u.items -> 'w' AS w,
+                               u.items -> 'r' AS r OFFSET 0) AS x
+    CROSS JOIN LATERAL pg_catalog.jsonb_array_elements(x.k) WITH ORDINALITY AS k(v, n);
+COMMENT ON VIEW drip.undo_rows IS 'drip.undo one row per changed row: key (text per key column), op, before, written.';
 
 CREATE TABLE drip.revert_conflicts (
     run_id    bigint NOT NULL,
@@ -291,7 +308,7 @@ CREATE POLICY revert_conflicts_visible ON drip.revert_conflicts FOR SELECT
 CREATE POLICY revert_conflicts_insert ON drip.revert_conflicts FOR INSERT
     WITH CHECK (EXISTS (SELECT 1 FROM drip.runs r WHERE r.id = run_id AND r.reverts IS NOT NULL));
 GRANT SELECT ON drip.backfills, drip.runs, drip.batches, drip.slices, drip.row_errors, drip.events TO PUBLIC;
-GRANT SELECT ON drip.undo, drip.revert_conflicts TO PUBLIC;
+GRANT SELECT ON drip.undo, drip.undo_rows, drip.revert_conflicts TO PUBLIC;
 GRANT INSERT ON drip.revert_conflicts TO PUBLIC;
 
 SELECT pg_catalog.pg_extension_config_dump('drip.backfills', '');

@@ -128,6 +128,8 @@ pub enum DripError {
     UndoUnsupported,
     #[error("run {0} kept no undo data")]
     NoUndoData(i64),
+    #[error("the undo data of run {run_id} was purged at {at}; it can no longer be reverted")]
+    UndoPurged { run_id: i64, at: String },
     #[error("run {run_id} is a revert (of run {of}); a revert cannot be reverted")]
     RevertOfRevert { run_id: i64, of: i64 },
     #[error("run {run_id} is reverted by run {by}, which is {status}")]
@@ -188,6 +190,7 @@ impl DripError {
             DripError::PreviewFailed { sqlstate, .. } => *sqlstate,
             DripError::UndoUnsupported => ERRCODE_INVALID_PARAMETER_VALUE,
             DripError::NoUndoData(_)
+            | DripError::UndoPurged { .. }
             | DripError::RevertOfRevert { .. }
             | DripError::AlreadyReverted { .. } => ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
             DripError::Internal(_) => ERRCODE_INTERNAL_ERROR,
@@ -284,6 +287,7 @@ impl DripError {
             DripError::BadOption(_) => "batch_size must be at least 1 and sleep must not be negative.".into(),
             DripError::UndoUnsupported => "The engine cannot know what a statement changed. Write the action as SET <assignments> or DELETE (with a scope), or start without undo.".into(),
             DripError::NoUndoData(_) => "Only runs started with undo => true (or of a backfill registered with it) can be reverted, until drip.purge_undo removes their undo data.".into(),
+            DripError::UndoPurged { .. } => "drip.purge_undo or the drip.undo_retention setting (days after a run finished; 0 keeps undo data) removed it. Raise drip.undo_retention to keep the undo data of future runs longer.".into(),
             DripError::RevertOfRevert { of, .. } => format!("To redo run {of}'s changes, start its backfill again."),
             DripError::AlreadyReverted { by, .. } => format!("See SELECT * FROM drip.progress WHERE run_id = {by}; a failed or stopped revert goes on with SELECT drip.retry({by})."),
             DripError::PreviewFailed { hint: Some(hint), .. } => hint.clone(),

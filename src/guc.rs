@@ -34,6 +34,9 @@ pub static EVENT_RETENTION: GucSetting<i32> = GucSetting::<i32>::new(30 * 24 * 3
 /// How long the batch rows of finished runs are kept (seconds; 0 = for ever).
 pub static BATCH_RETENTION: GucSetting<i32> = GucSetting::<i32>::new(30 * 24 * 3600);
 
+/// How long the undo data of finished runs is kept (seconds; 0 = for ever).
+pub static UNDO_RETENTION: GucSetting<i32> = GucSetting::<i32>::new(7 * 24 * 3600);
+
 /// Database the launcher connects to in order to list databases (with shared_preload_libraries).
 pub static LAUNCHER_DATABASE: GucSetting<Option<CString>> =
     GucSetting::<Option<CString>>::new(Some(c"postgres"));
@@ -98,6 +101,16 @@ pub fn define(in_preload: bool) {
         0,
         i32::MAX,
         GucContext::Sighup,
+        GucFlags::UNIT_S,
+    );
+    GucRegistry::define_int_guc(
+        c"drip.undo_retention",
+        c"How long the undo data (drip.undo) of a finished run is kept after it finished (0 = for ever).",
+        c"The scheduler removes expired undo data in small deletes and records it in drip.runs.undo_purged_at; such a run can no longer be reverted. Superusers may set it per database (ALTER DATABASE ... SET).",
+        &UNDO_RETENTION,
+        0,
+        i32::MAX,
+        GucContext::Suset,
         GucFlags::UNIT_S,
     );
     if !in_preload {

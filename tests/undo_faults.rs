@@ -195,7 +195,7 @@ fn undo_and_revert_survive_kills_restarts_and_dump_restore() {
         one(
             &mut c,
             &format!(
-                "SELECT count(*) FROM drip.undo u JOIN original o ON o.id = u.key[1]::int \
+                "SELECT count(*) FROM drip.undo_rows u JOIN original o ON o.id = u.key[1]::int \
                  WHERE u.run_id = {run} AND u.op = 'update' AND u.before->>'v' = o.v \
                  AND (u.before->>'n')::int = o.n AND u.written->>'v' = upper(o.v)"
             )

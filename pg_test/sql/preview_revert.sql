@@ -50,7 +50,7 @@ SELECT drip.start('fix', '{"age": 21}', undo => true, start_at => now() + interv
 CALL drip.finish(:run);
 SELECT id, email, seen FROM users WHERE age = 21 ORDER BY id;
 SELECT rows FROM drip.undo_size(:run);
-SELECT key, op, before, written FROM drip.undo WHERE run_id = :run ORDER BY key[1]::int LIMIT 2;
+SELECT key, op, before, written FROM drip.undo_rows WHERE run_id = :run ORDER BY key[1]::int LIMIT 2;
 UPDATE users SET email = 'edited@example.com' WHERE id = 7;
 -- (Paused in the transaction that starts it, so no background worker takes it first.)
 BEGIN;

@@ -12,19 +12,21 @@
 //! transaction has no xid, which after a batch's action it always has; so the query runs here,
 //! through `SPI_execute_with_args` with `read_only = true`.
 
-use std::ffi::{CStr, CString};
+use std::ffi::CString;
 
 use pgrx::datum::DatumWithOid;
 use pgrx::pg_sys;
 
 use crate::error::{DripError, DripResult};
 
-/// Run `sql` (a SELECT) with an active snapshot taken now but with this transaction's first
-/// command id, and return every row's columns in their text form (None for NULL).
-pub fn select_text_before_changes(
+/// Run `sql` (a SELECT of one row and one column of a varlena type, e.g. an `array_agg`) with
+/// an active snapshot taken now but with this transaction's first command id, and return that
+/// value as a Datum copied into the caller's memory context (None for NULL or no row): no text
+/// output and input on the way.
+pub fn select_datum_before_changes(
     sql: &str,
     args: &[DatumWithOid],
-) -> DripResult<Vec<Vec<Option<String>>>> {
+) -> DripResult<Option<pg_sys::Datum>> {
     let query = CString::new(sql).map_err(|_| DripError::Internal("NUL in a query".into()))?;
     let mut types: Vec<pg_sys::Oid> = args.iter().map(|a| a.oid()).collect();
     let mut values: Vec<pg_sys::Datum> = args
@@ -42,10 +44,11 @@ pub fn select_text_before_changes(
     // SAFETY: we are inside a transaction (a batch's). GetLatestSnapshot returns a static
     // snapshot, which PushCopiedSnapshot copies; the copy is the active snapshot, ours to change
     // (as UpdateActiveSnapshotCommandId does). SPI_connect/SPI_finish bracket the query; with
-    // read_only = true SPI executes with the active snapshot as it is. The argument arrays
-    // outlive the call; every value read is copied into Rust strings before SPI_finish frees
-    // the result. An ERROR unwinds past the pops: the transaction abort that follows pops the
-    // snapshot and ends the SPI connection, as for any error inside SPI.
+    // read_only = true SPI executes with the active snapshot as it is. An ERROR unwinds past the
+    // pops: the transaction abort that follows pops the snapshot and ends the SPI connection. The value
+    // read is a varlena (typByVal false, typLen -1: the caller's SQL guarantees it);
+    // SPI_datumTransfer copies it (detoasted) into the memory context that was current at
+    // SPI_connect, so it outlives SPI_finish, as long as the caller's context does.
     unsafe {
         pg_sys::PushCopiedSnapshot(pg_sys::GetLatestSnapshot());
         (*pg_sys::GetActiveSnapshot()).curcid = pg_sys::FirstCommandId;
@@ -57,24 +60,18 @@ pub fn select_text_before_changes(
             values.as_mut_ptr(),
             nulls.as_ptr(),
             true,
-            0,
+            1,
         );
-        let mut out = Vec::new();
-        if rc == pg_sys::SPI_OK_SELECT as i32 && !pg_sys::SPI_tuptable.is_null() {
+        let mut out = None;
+        if rc == pg_sys::SPI_OK_SELECT as i32
+            && !pg_sys::SPI_tuptable.is_null()
+            && (*pg_sys::SPI_tuptable).numvals > 0
+        {
             let table = &*pg_sys::SPI_tuptable;
-            let ncols = (*table.tupdesc).natts;
-            for i in 0..table.numvals as usize {
-                let tuple = *table.vals.add(i);
-                let mut row = Vec::with_capacity(ncols as usize);
-                for col in 1..=ncols {
-                    let p = pg_sys::SPI_getvalue(tuple, table.tupdesc, col);
-                    row.push(if p.is_null() {
-                        None
-                    } else {
-                        Some(CStr::from_ptr(p).to_string_lossy().into_owned())
-                    });
-                }
-                out.push(row);
+            let mut is_null = false;
+            let d = pg_sys::SPI_getbinval(*table.vals, table.tupdesc, 1, &mut is_null);
+            if !is_null {
+                out = Some(pg_sys::SPI_datumTransfer(d, false, -1));
             }
         }
         pg_sys::SPI_finish();

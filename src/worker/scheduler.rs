@@ -291,7 +291,7 @@ pub fn purge() -> i64 {
         .map_err(crate::error::DripError::from)
         .or_raise();
     }
-    removed
+    removed + crate::undo::purge_expired_undo(guc::UNDO_RETENTION.get())
 }
 
 /// Run one retention pass now (the scheduler does it every minute while it runs); returns the
