@@ -220,6 +220,9 @@ fn register_impl(def: &NewBackfill, options: &BatchOptions, replace: bool) -> Dr
     // every object the scope and action touch (UPDATE for SET, DELETE for DELETE, ...).
     compiled.validate(def.mode == "row")?;
     crate::undo::check_supported(&compiled, def.undo)?;
+    if def.undo {
+        Placement::of(def.relation)?.check_undo(&compiled.relation)?;
+    }
     let throttle_query = def
         .throttle_query
         .map(compile::throttle_query)
@@ -660,12 +663,13 @@ fn start_planned(
         .map(compile::throttle_query)
         .transpose()?;
     let compiled = def.compile()?;
-    crate::undo::check_supported(
-        &compiled,
-        overrides
-            .undo
-            .unwrap_or_else(|| definition.get("undo").and_then(Value::as_bool) == Some(true)),
-    )?;
+    let undo = overrides
+        .undo
+        .unwrap_or_else(|| definition.get("undo").and_then(Value::as_bool) == Some(true));
+    crate::undo::check_supported(&compiled, undo)?;
+    if undo {
+        Placement::of(pg_sys::Oid::from(def.relation_oid))?.check_undo(&compiled.relation)?;
+    }
     let decls: Vec<params::ParamDecl> = compiled.params.iter().map(|(d, _)| d.clone()).collect();
     let values = values.map(|j| j.0).unwrap_or(Value::Null);
     let effective = params::effective_values(&decls, &values)?;

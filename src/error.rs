@@ -111,6 +111,11 @@ pub enum DripError {
     RunBusy(i64),
     #[error("the data_drip library is version {library} but this database's catalog is version {catalog}")]
     CatalogVersion { library: String, catalog: String },
+    #[error("undo => true is not supported on {relation}, a Citus {kind} table")]
+    UndoOnCitus {
+        relation: String,
+        kind: &'static str,
+    },
     /// Citus refused to create data_drip's commit anchor (see `distribution::citus`).
     #[error("cannot prepare Citus for data_drip's batches: {0}")]
     CitusSetup(String),
@@ -187,6 +192,7 @@ impl DripError {
             DripError::WaitInOwnTransaction(_) => ERRCODE_INVALID_TRANSACTION_STATE,
             DripError::WaitsForRun { .. } => ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
             DripError::CitusSetup(_) => ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+            DripError::UndoOnCitus { .. } => ERRCODE_FEATURE_NOT_SUPPORTED,
             DripError::PreviewFailed { sqlstate, .. } => *sqlstate,
             DripError::UndoUnsupported => ERRCODE_INVALID_PARAMETER_VALUE,
             DripError::NoUndoData(_)
@@ -250,6 +256,7 @@ impl DripError {
             DripError::OwnerGone(_) => {
                 "Register the backfill again as an existing role.".into()
             }
+            DripError::UndoOnCitus { .. } => "Undo data is saved from the batch's own snapshot on this node, which a Citus table's reads do not share. Start without undo; preview the change with drip.preview first.".into(),
             DripError::CitusSetup(_) => "Batches on Citus tables need the coordinator in Citus's metadata, e.g. SELECT citus_set_coordinator_host('<coordinator host>', <port>).".into(),
             DripError::WaitTimedOut { run_id, .. } => {
                 format!("Call SELECT drip.wait({run_id}) again, or see drip.progress.")
@@ -361,6 +368,11 @@ mod tests {
                 action: "pause",
                 run_id: 1,
                 status: "completed".into(),
+            },
+            DripError::CitusSetup("coordinator not in metadata".into()),
+            DripError::UndoOnCitus {
+                relation: "public.users".into(),
+                kind: "distributed",
             },
         ];
         for e in cases {

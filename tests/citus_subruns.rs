@@ -358,3 +358,42 @@ fn sub_runs_are_controlled_like_runs_and_take_every_action_form() {
     );
     exact(&mut c, "ctl_t", run).assert_ok("element mode");
 }
+
+/// Undo data cannot be kept for a Citus table (its before-images would not be trustworthy): a
+/// clear refusal at register and at start, nothing written.
+#[test]
+#[ignore]
+fn undo_is_refused_on_citus_tables() {
+    let cc = CitusCluster::start("subrun_undo");
+    let mut c = cc.connect();
+    table(&mut c, "undo_t", 1000);
+    c.batch_execute(
+        "CREATE TABLE undo_ref (id bigint PRIMARY KEY, n int NOT NULL DEFAULT 0);
+         SELECT create_reference_table('undo_ref');
+         SELECT drip.register('u_plain', 'undo_t', 'SET n = n + 1');",
+    )
+    .unwrap();
+    for sql in [
+        "SELECT drip.register('u_reg', 'undo_t', 'SET n = n + 1', undo => true)",
+        "SELECT drip.register('u_ref', 'undo_ref', 'SET n = n + 1', undo => true)",
+        "SELECT drip.start('u_plain', undo => true)",
+    ] {
+        let e = c.batch_execute(sql).expect_err(sql);
+        let db = e.as_db_error().expect("a database error");
+        assert_eq!(db.code().code(), "0A000", "{sql}: {db:?}");
+        assert!(
+            db.message().contains("undo => true is not supported"),
+            "{}",
+            db.message()
+        );
+        assert!(db.hint().is_some_and(|h| h.contains("drip.preview")));
+    }
+    let written: i64 = c
+        .query_one(
+            "SELECT (SELECT count(*) FROM drip.runs) + (SELECT count(*) FROM drip.backfills WHERE name <> 'u_plain')",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(written, 0, "nothing was written");
+}

@@ -184,6 +184,20 @@ impl Placement {
         }
     }
 
+    /// Undo data is captured by reading the batch's rows as they were at the start of its own
+    /// transaction on this node; a Citus table's rows are read through Citus, on other nodes or
+    /// through its executor, where that view does not hold. Refused (0A000) rather than saving
+    /// before-images that could be wrong.
+    pub fn check_undo(&self, relation: &str) -> DripResult<()> {
+        match self {
+            Placement::Local => Ok(()),
+            Placement::Citus(t) => Err(crate::error::DripError::UndoOnCitus {
+                relation: relation.to_string(),
+                kind: t.kind.as_str(),
+            }),
+        }
+    }
+
     /// An error that says "a node could not be reached, try again later".
     pub fn is_transient(&self, sqlstate: &str, message: &str) -> bool {
         self.is_citus() && is_transient(sqlstate, message)
