@@ -360,10 +360,11 @@ fn sub_runs_are_controlled_like_runs_and_take_every_action_form() {
 }
 
 /// Undo data cannot be kept for a Citus table (its before-images would not be trustworthy): a
-/// clear refusal at register and at start, nothing written.
+/// clear refusal at register and at start, nothing written. drip.preview works there, and
+/// changes nothing.
 #[test]
 #[ignore]
-fn undo_is_refused_on_citus_tables() {
+fn undo_is_refused_on_citus_tables_and_preview_works() {
     let cc = CitusCluster::start("subrun_undo");
     let mut c = cc.connect();
     table(&mut c, "undo_t", 1000);
@@ -396,4 +397,21 @@ fn undo_is_refused_on_citus_tables() {
         .unwrap()
         .get(0);
     assert_eq!(written, 0, "nothing was written");
+
+    let rows = c
+        .query(
+            "SELECT key, before->>'n', after->>'n' FROM drip.preview('u_plain', rows => 5)",
+            &[],
+        )
+        .unwrap();
+    assert_eq!(rows.len(), 5);
+    for r in &rows {
+        assert_eq!(r.get::<_, Option<String>>(1).as_deref(), Some("0"));
+        assert_eq!(r.get::<_, Option<String>>(2).as_deref(), Some("1"));
+    }
+    let changed: i64 = c
+        .query_one("SELECT count(*) FROM undo_t WHERE n <> 0", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(changed, 0, "the preview was rolled back on the workers");
 }
