@@ -126,6 +126,8 @@ pub enum DripError {
     },
     #[error("undo => true is not supported for a statement action")]
     UndoUnsupported,
+    #[error("undo => true is not supported on a {0} table of Citus")]
+    UndoOnCitus(&'static str),
     #[error("run {0} kept no undo data")]
     NoUndoData(i64),
     #[error("the undo data of run {run_id} was purged at {at}; it can no longer be reverted")]
@@ -189,6 +191,7 @@ impl DripError {
             DripError::CitusSetup(_) => ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
             DripError::PreviewFailed { sqlstate, .. } => *sqlstate,
             DripError::UndoUnsupported => ERRCODE_INVALID_PARAMETER_VALUE,
+            DripError::UndoOnCitus(_) => ERRCODE_FEATURE_NOT_SUPPORTED,
             DripError::NoUndoData(_)
             | DripError::UndoPurged { .. }
             | DripError::RevertOfRevert { .. }
@@ -285,6 +288,7 @@ impl DripError {
                 "Run ALTER EXTENSION data_drip UPDATE TO '{library}' in this database (the package was upgraded, the catalog not yet)."
             ),
             DripError::BadOption(_) => "batch_size must be at least 1 and sleep must not be negative.".into(),
+            DripError::UndoOnCitus(_) => "Undo data is captured from this node's own snapshot of the table, which Citus does not use: start without undo (drip.preview shows the change first).".into(),
             DripError::UndoUnsupported => "The engine cannot know what a statement changed. Write the action as SET <assignments> or DELETE (with a scope), or start without undo.".into(),
             DripError::NoUndoData(_) => "Only runs started with undo => true (or of a backfill registered with it) can be reverted, until drip.purge_undo removes their undo data.".into(),
             DripError::UndoPurged { .. } => "drip.purge_undo or the drip.undo_retention setting (days after a run finished; 0 keeps undo data) removed it. Raise drip.undo_retention to keep the undo data of future runs longer.".into(),
@@ -367,6 +371,27 @@ mod tests {
             assert_ne!(e.sqlstate(), PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, "{e}");
             assert!(e.hint().is_some(), "{e} has no hint");
         }
+    }
+
+    #[test]
+    fn undo_refusals_name_the_reason() {
+        let e = DripError::UndoOnCitus("reference");
+        assert_eq!(e.sqlstate(), PgSqlErrorCode::ERRCODE_FEATURE_NOT_SUPPORTED);
+        assert_eq!(
+            e.to_string(),
+            "undo => true is not supported on a reference table of Citus"
+        );
+        assert!(e.hint().is_some());
+        let e = DripError::UndoPurged {
+            run_id: 3,
+            at: "2026-12-05 06:00:00 UTC".into(),
+        };
+        assert_eq!(
+            e.sqlstate(),
+            PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE
+        );
+        assert!(e.to_string().contains("run 3 was purged at 2026-12-05"));
+        assert!(e.hint().unwrap().contains("drip.undo_retention"));
     }
 
     #[test]
