@@ -382,6 +382,30 @@ mod tests {
     }
 
     #[test]
+    fn undo_refusals_name_the_reason() {
+        let e = DripError::UndoOnCitus {
+            relation: "public.rates".into(),
+            kind: "reference",
+        };
+        assert_eq!(e.sqlstate(), PgSqlErrorCode::ERRCODE_FEATURE_NOT_SUPPORTED);
+        assert_eq!(
+            e.to_string(),
+            "undo => true is not supported on public.rates, a Citus reference table"
+        );
+        assert!(e.hint().is_some());
+        let e = DripError::UndoPurged {
+            run_id: 3,
+            at: "2026-12-05 06:00:00 UTC".into(),
+        };
+        assert_eq!(
+            e.sqlstate(),
+            PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE
+        );
+        assert!(e.to_string().contains("run 3 was purged at 2026-12-05"));
+        assert!(e.hint().unwrap().contains("drip.undo_retention"));
+    }
+
+    #[test]
     fn wrong_status_names_the_current_status() {
         let e = DripError::WrongStatus {
             action: "resume",

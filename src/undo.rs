@@ -42,7 +42,8 @@ pub struct BatchRange<'a> {
     pub search_path: &'a str,
 }
 
-/// Refuse undo for a statement action (22023): the engine cannot know what it changed.
+/// Refuse undo for a statement action (22023): the engine cannot know what it changed. (A table
+/// Citus holds is refused by `distribution::Placement::check_undo`.)
 pub fn check_supported(compiled: &Compiled, undo: bool) -> DripResult<()> {
     if undo && matches!(compiled.kind, ActionKind::Statement { .. }) {
         return Err(DripError::UndoUnsupported);

@@ -564,3 +564,51 @@ async fn a_rebinding_page_gets_no_data_and_cannot_act() {
         .await
         .unwrap();
 }
+
+/// 8. Preview on the start form: a before/after table of the first rows, the changed value
+///    highlighted, and nothing written.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn preview_shows_the_first_rows_with_the_changed_values_highlighted() {
+    let db = TestDb::new("b_preview").await;
+    db.slow_backfill(&db.alice, "bump", 50, 10, "0").await;
+    let server = Server::start(&db.url(&db.alice), false, false).await;
+    let b = Browser::start().await;
+    b.c.goto(&server.url("/backfills/bump/start"))
+        .await
+        .unwrap();
+    b.c.find(Locator::Css("#p-step"))
+        .await
+        .unwrap()
+        .send_keys("4")
+        .await
+        .unwrap();
+    b.click("#preview-submit").await;
+    let first = b
+        .wait_for("the preview table", LIMIT, |c| async move {
+            text_of(
+                &c,
+                "#preview-table tbody tr:first-child td.after mark.changed",
+            )
+            .await
+        })
+        .await;
+    assert_eq!(first, "4");
+    assert_eq!(
+        b.text("#preview-table tbody tr:first-child td.before")
+            .await
+            .as_deref(),
+        Some("0")
+    );
+    // Still the start form (Start is next to Preview), and the typed value is kept.
+    assert_eq!(b.attr("#p-step", "value").await.as_deref(), Some("4"));
+    assert!(b.text("#start-submit").await.is_some());
+    let written: i64 = db
+        .superuser()
+        .await
+        .query_one("SELECT count(*) FROM bump_t WHERE n <> 0", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(written, 0, "a preview writes nothing");
+    b.c.clone().close().await.unwrap();
+}

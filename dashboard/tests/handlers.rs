@@ -550,3 +550,165 @@ async fn a_role_without_usage_gets_the_database_refusal_not_an_empty_page() {
     assert_eq!(http.get("/live").await.status, 401);
     assert_eq!(http.get("/runs/1?fragment=1").await.status, 303);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn preview_on_the_start_form_and_revert_with_a_confirmation_and_its_conflicts() {
+    let db = TestDb::new("h_undo").await;
+    db.slow_backfill(&db.alice, "ufix", 100, 1000, "0").await;
+    let server = Server::start(&db.url(&db.alice), false, false).await;
+    let mut http = Http::new(&server.url(""));
+    let form = http.get("/backfills/ufix/start").await;
+    assert!(
+        form.body
+            .contains(r#"id="preview-submit" formaction="/backfills/ufix/preview""#),
+        "Preview next to Start"
+    );
+    let csrf = form.csrf();
+
+    // Preview: before and after of the first rows, the new values highlighted, nothing written.
+    let su = db.superuser().await;
+    let preview = http
+        .post(
+            "/backfills/ufix/preview",
+            &[("csrf", &csrf), ("p.step", "5"), ("batch_size", "7")],
+        )
+        .await;
+    assert_eq!(preview.status, 200, "{}", preview.body);
+    assert_csp_clean(&preview);
+    let b = &preview.body;
+    assert!(b.contains(r#"id="preview-table""#), "{b}");
+    assert!(
+        b.contains(r#"<td><code>1</code></td>"#),
+        "the first key: {b}"
+    );
+    assert!(b.contains(r#"<td class="before">0</td>"#), "{b}");
+    assert!(
+        b.contains(r#"<td class="after"><mark class="changed">5</mark></td>"#),
+        "the changed value is highlighted: {b}"
+    );
+    assert!(b.contains(r#"value="7""#), "typed values are kept");
+    let unchanged: i64 = su
+        .query_one("SELECT count(*) FROM ufix_t WHERE n = 0", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(unchanged, 100, "a preview writes nothing");
+    // drip.preview's own refusal (a required parameter missing), with its SQLSTATE.
+    let refused = http
+        .post("/backfills/ufix/preview", &[("csrf", &csrf)])
+        .await;
+    assert_eq!(refused.status, 422);
+    assert!(
+        refused.body.contains("drip.preview refused"),
+        "{}",
+        refused.body
+    );
+    assert!(refused.body.contains("SQLSTATE 22023"), "{}", refused.body);
+    // Without the CSRF token: refused before drip.preview is asked.
+    let forged = http
+        .post(
+            "/backfills/ufix/preview",
+            &[("csrf", "forged"), ("p.step", "5")],
+        )
+        .await;
+    assert_eq!(forged.status, 403);
+
+    // A run without undo data: said so, no Revert.
+    let plain = db.start(&db.alice, "ufix", r#"{"step": 1}"#).await;
+    db.wait_status(plain, &["completed"], Duration::from_secs(30))
+        .await;
+    let page = http.get(&format!("/runs/{plain}")).await;
+    assert!(page.body.contains(r#"id="undo-none""#));
+    assert!(!page.body.contains(&format!("/runs/{plain}/revert")));
+
+    // A run with undo: its size, and Revert.
+    let alice = db.as_role(&db.alice).await;
+    let run: i64 = alice
+        .query_one(
+            "SELECT drip.start('ufix', '{\"step\": 10}', undo => true)",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    db.wait_status(run, &["completed"], Duration::from_secs(30))
+        .await;
+    let page = http.get(&format!("/runs/{run}")).await;
+    assert_csp_clean(&page);
+    assert!(
+        page.body.contains(r#"<b id="undo-rows">100</b>"#),
+        "{}",
+        page.body
+    );
+    assert!(page
+        .body
+        .contains(&format!(r#"href="/runs/{run}/revert" id="revert-link""#)));
+
+    // The confirmation names the run and the row count; the POST needs the token.
+    let confirm = http.get(&format!("/runs/{run}/revert")).await;
+    assert_eq!(confirm.status, 200);
+    assert_csp_clean(&confirm);
+    assert!(
+        confirm
+            .body
+            .contains(&format!("Revert run #{run} (100 rows)")),
+        "{}",
+        confirm.body
+    );
+    let path = format!("/runs/{run}/revert");
+    assert_eq!(http.post(&path, &[("csrf", "forged")]).await.status, 403);
+    let reverted_by: Option<i64> = su
+        .query_one("SELECT reverted_by FROM drip.runs WHERE id = $1", &[&run])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(reverted_by, None, "a forged POST reverted nothing");
+
+    // Another role: the run does not exist for it, and it cannot revert it.
+    let bob_server = Server::start(&db.url(&db.bob), false, false).await;
+    let mut bob = Http::new(&bob_server.url(""));
+    db.slow_backfill(&db.bob, "bobfix", 10, 10, "0").await;
+    let bob_csrf = bob.get("/backfills/bobfix/start").await.csrf();
+    assert_eq!(bob.get(&path).await.status, 404);
+    assert_eq!(bob.post(&path, &[("csrf", &bob_csrf)]).await.status, 404);
+
+    // A row edited since the run: left alone by the revert, listed on its page.
+    su.batch_execute("UPDATE ufix_t SET n = 77 WHERE id = 3")
+        .await
+        .unwrap();
+    let started = http.post(&path, &[("csrf", &csrf)]).await;
+    assert_eq!(started.status, 303, "{}", started.body);
+    let revert: i64 = started
+        .location()
+        .strip_prefix("/runs/")
+        .and_then(|s| s.parse().ok())
+        .expect("redirect to the revert run");
+    db.wait_status(revert, &["completed"], Duration::from_secs(30))
+        .await;
+    let restored: i64 = su
+        .query_one("SELECT count(*) FROM ufix_t WHERE n = 1", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(restored, 99, "every row but the edited one is back");
+    let page = http.get(&format!("/runs/{revert}")).await;
+    assert_csp_clean(&page);
+    assert!(page
+        .body
+        .contains(&format!(r#"<a href="/runs/{run}">run #{run}</a>"#)));
+    assert!(page.body.contains(r#"id="conflicts""#), "{}", page.body);
+    assert!(
+        page.body
+            .contains("<td><code>3</code></td><td>changed</td>"),
+        "{}",
+        page.body
+    );
+    let page = http.get(&format!("/runs/{run}")).await;
+    assert!(page
+        .body
+        .contains(&format!(r#"<a href="/runs/{revert}" id="reverted-by">"#)));
+    // Asking again: drip.revert refuses, with its SQLSTATE.
+    let again = http.post(&path, &[("csrf", &csrf)]).await;
+    assert_eq!(again.status, 409, "{}", again.body);
+    assert!(again.body.contains("55000"), "{}", again.body);
+}

@@ -891,3 +891,128 @@ mod tests {
         assert_eq!(Control::parse("drop"), None);
     }
 }
+
+/// One row `drip.preview` returns: its key and the changed columns before and after (`after`
+/// NULL for a deleted row).
+#[derive(Clone, Debug)]
+pub struct PreviewRow {
+    pub key: Vec<String>,
+    pub before: Option<serde_json::Value>,
+    pub after: Option<serde_json::Value>,
+}
+
+/// `drip.preview` as the viewer: the action runs as the backfill's owner and is rolled back.
+pub async fn preview(
+    db: &Client,
+    name: &str,
+    params: &serde_json::Value,
+    rows: i32,
+) -> AppResult<Vec<PreviewRow>> {
+    let rows = db
+        .query(
+            "SELECT key, before, after FROM drip.preview($1, $2, rows => $3)",
+            &[&name, params, &rows],
+        )
+        .await?;
+    rows.iter()
+        .map(|r| {
+            Ok(PreviewRow {
+                key: r.try_get(0)?,
+                before: r.try_get(1)?,
+                after: r.try_get(2)?,
+            })
+        })
+        .collect()
+}
+
+/// What a run keeps for `drip.revert`, and its revert links.
+#[derive(Clone, Debug)]
+pub struct UndoInfo {
+    pub undo: bool,
+    pub purged_at: Option<f64>,
+    pub reverts: Option<i64>,
+    pub reverted_by: Option<i64>,
+    /// `drip.undo_size`: changed rows saved and their bytes (None: not asked or refused).
+    pub size: Option<(i64, i64)>,
+}
+
+pub async fn undo_info(db: &Client, id: i64) -> AppResult<Option<UndoInfo>> {
+    let Some(row) = db
+        .query_opt(
+            "SELECT undo, extract(epoch FROM undo_purged_at)::float8, reverts, reverted_by
+               FROM drip.runs WHERE id = $1",
+            &[&id],
+        )
+        .await?
+    else {
+        return Ok(None);
+    };
+    let undo: bool = row.try_get(0)?;
+    // drip.undo_size answers only to roles that may control the run: a viewer who may only
+    // see it gets no size, not an error page.
+    let size = if undo {
+        db.query_one("SELECT rows, bytes FROM drip.undo_size($1)", &[&id])
+            .await
+            .ok()
+            .map(|r| (r.get::<_, i64>(0), r.get::<_, i64>(1)))
+    } else {
+        None
+    };
+    Ok(Some(UndoInfo {
+        undo,
+        purged_at: row.try_get(1)?,
+        reverts: row.try_get(2)?,
+        reverted_by: row.try_get(3)?,
+        size,
+    }))
+}
+
+/// One row a revert run left alone (`drip.revert_conflicts`, as the viewer).
+#[derive(Clone, Debug)]
+pub struct ConflictRow {
+    pub key: Vec<String>,
+    pub reason: String,
+    pub current: Option<String>,
+    pub expected: String,
+    pub at: f64,
+}
+
+pub async fn revert_conflicts(db: &Client, id: i64, limit: i64) -> AppResult<Vec<ConflictRow>> {
+    let rows = db
+        .query(
+            "SELECT key, reason, left(current::text, 2000), left(expected::text, 2000),
+                    extract(epoch FROM at)::float8
+               FROM drip.revert_conflicts WHERE run_id = $1 ORDER BY at, key LIMIT $2",
+            &[&id, &limit],
+        )
+        .await?;
+    rows.iter()
+        .map(|r| {
+            Ok(ConflictRow {
+                key: r.try_get(0)?,
+                reason: r.try_get(1)?,
+                current: r.try_get(2)?,
+                expected: r.try_get(3)?,
+                at: r.try_get(4)?,
+            })
+        })
+        .collect()
+}
+
+pub async fn conflict_count(db: &Client, id: i64) -> AppResult<i64> {
+    Ok(db
+        .query_one(
+            "SELECT count(*) FROM drip.revert_conflicts WHERE run_id = $1",
+            &[&id],
+        )
+        .await?
+        .try_get(0)?)
+}
+
+/// `drip.revert` as the viewer; returns the revert run's id.
+pub async fn revert(db: &Client, id: i64) -> AppResult<i64> {
+    Ok(db
+        .query_one("SELECT drip.revert($1)", &[&id])
+        .await?
+        .try_get(0)?)
+}

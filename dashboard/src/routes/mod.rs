@@ -39,7 +39,12 @@ pub fn router(state: Arc<AppState>, hosts: Arc<HostPolicy>) -> Router {
             "/backfills/{name}/start",
             get(start::form).post(start::submit),
         )
+        .route("/backfills/{name}/preview", post(start::preview))
         .route("/runs/{id}", get(run::show))
+        .route(
+            "/runs/{id}/revert",
+            get(run::revert_confirm).post(run::revert),
+        )
         .route("/runs/{id}/alter", post(run::alter))
         .route("/runs/{id}/error", get(run::full_error))
         .route("/runs/{id}/{action}", post(run::control))

@@ -15,8 +15,8 @@ use crate::db::queries::{self, Control};
 use crate::error::{AppError, AppResult};
 use crate::routes::{chrome, current_url, fragment_url, html, safe_return};
 use crate::views::pages::{
-    detail_settings, query_href, BatchView, EventView, RowErrorView, RunFragment, RunLive, RunPage,
-    RunView,
+    detail_settings, query_href, BatchView, ConflictView, EventView, RevertPage, RowErrorView,
+    RunFragment, RunLive, RunPage, RunView, UndoView,
 };
 use crate::views::{fmt, svg};
 use crate::AppState;
@@ -153,6 +153,7 @@ pub async fn show(
         run.status.as_str(),
         "pending" | "enqueued" | "running" | "paused"
     );
+    let undo = undo_view(&state, &db, id, &run.status, now).await?;
     let alter_refused = match (&rights.alter, active) {
         (Some(r), _) => r.clone(),
         (None, false) => format!("run {id} is {}: only active runs can change", run.status),
@@ -168,9 +169,81 @@ pub async fn show(
             alter_open: active,
             batch_size: detail.batch_size,
             sleep: fmt::duration(detail.sleep_secs),
+            undo,
         }
         .render()?,
     ))
+}
+
+/// Conflicts shown on a revert run's page (the count says how many there are in all).
+const CONFLICTS_ON_PAGE: i64 = 50;
+
+/// The undo card: whether the run keeps undo data and how much, Revert, and for a revert run
+/// the rows it left alone. Read as the viewer.
+async fn undo_view(
+    state: &AppState,
+    db: &tokio_postgres::Client,
+    id: i64,
+    status: &str,
+    now: f64,
+) -> AppResult<UndoView> {
+    let Some(info) = queries::undo_info(db, id).await? else {
+        return Ok(UndoView::default());
+    };
+    let mut v = UndoView::new(&info, status, state.config.read_only, now);
+    if info.reverts.is_some() {
+        v.conflicts = queries::revert_conflicts(db, id, CONFLICTS_ON_PAGE)
+            .await?
+            .iter()
+            .map(|c| ConflictView::new(c, now))
+            .collect();
+        v.conflict_count = fmt::count(queries::conflict_count(db, id).await?);
+    }
+    Ok(v)
+}
+
+/// `GET /runs/{id}/revert`: the confirmation, naming the run and the rows a revert restores
+/// (no script: the page itself is the confirmation; its form posts the revert).
+pub async fn revert_confirm(
+    State(state): State<Arc<AppState>>,
+    viewer: Viewer,
+    Path(id): Path<i64>,
+) -> AppResult<Response> {
+    let db = viewer.pool.get().await?;
+    require_visible(&db, id).await?;
+    let rights = queries::rights(&db).await?;
+    let run = queries::run(&db, id)
+        .await?
+        .ok_or_else(|| run_not_found(id))?;
+    let info = queries::undo_info(&db, id)
+        .await?
+        .ok_or_else(|| run_not_found(id))?;
+    let rows = info.size.map(|(r, _)| fmt::count(r)).unwrap_or_default();
+    Ok(html(
+        RevertPage {
+            chrome: chrome(
+                &state,
+                &viewer,
+                &rights,
+                format!("Revert run {id} · {}", run.backfill),
+                "runs",
+            ),
+            id,
+            backfill: run.backfill.clone(),
+            status: run.status.clone(),
+            rows,
+        }
+        .render()?,
+    ))
+}
+
+/// `POST /runs/{id}/revert`: `drip.revert` as the viewer (it decides, its error is shown with
+/// the SQLSTATE); on to the revert run's page.
+pub async fn revert(viewer: Viewer, Path(id): Path<i64>) -> AppResult<Response> {
+    let db = viewer.pool.get().await?;
+    require_visible(&db, id).await?;
+    let revert_id = queries::revert(&db, id).await?;
+    Ok(Redirect::to(&format!("/runs/{revert_id}")).into_response())
 }
 
 /// The timeline and the errors by SQLSTATE: read fresh for ordinary runs, kept a while for big

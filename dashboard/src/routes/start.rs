@@ -17,7 +17,8 @@ use crate::error::{AppError, AppResult};
 use crate::routes::{chrome, html};
 use crate::views::fmt;
 use crate::views::pages::{
-    field_kind, param_views, BackfillView, FieldView, FormError, RerunView, StartPage,
+    field_kind, param_views, BackfillView, FieldView, FormError, PreviewRowView, PreviewView,
+    RerunView, StartPage,
 };
 use crate::AppState;
 
@@ -124,6 +125,7 @@ async fn render(
     from_run: Option<i64>,
     error: Option<FormError>,
     overrides: [String; 4],
+    preview: Option<PreviewView>,
 ) -> AppResult<String> {
     let rights = queries::rights(db).await?;
     let now = fmt::now_epoch();
@@ -161,6 +163,7 @@ async fn render(
         note,
         error,
         reruns,
+        preview,
     };
     Ok(page.render()?)
 }
@@ -195,10 +198,77 @@ pub async fn form(
         overrides[3] = format!("re-run of #{run_id}");
     }
     let body = render(
-        &state, &viewer, &db, &b, values, q.from_run, None, overrides,
+        &state, &viewer, &db, &b, values, q.from_run, None, overrides, None,
     )
     .await?;
     Ok(html(body))
+}
+
+/// The rows the Preview button shows.
+const PREVIEW_ROWS: i32 = 20;
+
+/// The parameters typed into the form, as the JSON object drip.start and drip.preview take.
+fn form_params(b: &BackfillRow, values: &Values) -> Value {
+    let mut params = Map::new();
+    for p in param_views(&b.params) {
+        if let Some(v) = form_value(&values.get(&format!("p.{}", p.name)), field_kind(&p.ty)) {
+            params.insert(p.name, v);
+        }
+    }
+    Value::Object(params)
+}
+
+/// `POST /backfills/{name}/preview`: the form again, with what `drip.preview` (called as the
+/// viewer; the action runs as the backfill's owner and is rolled back) says the first rows
+/// would become, or its error and SQLSTATE.
+pub async fn preview(
+    State(state): State<Arc<AppState>>,
+    viewer: Viewer,
+    Path(name): Path<String>,
+    Form(raw): Form<Vec<(String, String)>>,
+) -> AppResult<Response> {
+    let db = viewer.pool.get().await?;
+    let b = backfill_or_404(&db, &name).await?;
+    let values = Values {
+        params: Map::new(),
+        raw,
+    };
+    let params = form_params(&b, &values);
+    let preview = match queries::preview(&db, &b.name, &params, PREVIEW_ROWS).await {
+        Ok(rows) => PreviewView {
+            rows: rows.iter().map(PreviewRowView::new).collect(),
+            error: None,
+        },
+        Err(e) if e.sqlstate.is_some() => PreviewView {
+            rows: Vec::new(),
+            error: Some(FormError::from(&e)),
+        },
+        Err(e) => return Err(e),
+    };
+    let status = if preview.error.is_some() {
+        StatusCode::UNPROCESSABLE_ENTITY
+    } else {
+        StatusCode::OK
+    };
+    let overrides = [
+        values.get("batch_size"),
+        values.get("sleep"),
+        values.get("start_at"),
+        values.get("note"),
+    ];
+    let body = render(
+        &state,
+        &viewer,
+        &db,
+        &b,
+        values,
+        None,
+        None,
+        overrides,
+        Some(preview),
+    )
+    .await?;
+    Ok((status, html(body)).into_response())
 }
 
 pub async fn submit(
@@ -213,16 +283,11 @@ pub async fn submit(
         params: Map::new(),
         raw,
     };
-    let mut params = Map::new();
-    for p in param_views(&b.params) {
-        if let Some(v) = form_value(&values.get(&format!("p.{}", p.name)), field_kind(&p.ty)) {
-            params.insert(p.name, v);
-        }
-    }
+    let params = form_params(&b, &values);
     let opt = |k: &str| Some(values.get(k).trim().to_string()).filter(|s| !s.is_empty());
     let req = StartRequest {
         name: b.name.clone(),
-        params: Value::Object(params),
+        params,
         batch_size: opt("batch_size"),
         sleep: opt("sleep"),
         start_at: opt("start_at"),
@@ -246,6 +311,7 @@ pub async fn submit(
                 None,
                 Some(FormError::from(&e)),
                 overrides,
+                None,
             )
             .await?;
             Ok((StatusCode::UNPROCESSABLE_ENTITY, html(body)).into_response())

@@ -39,6 +39,20 @@ pub fn count(n: i64) -> String {
     }
 }
 
+/// A size: "812 B", "33.7 kB", "1.2 MB" (powers of 1000).
+pub fn bytes(n: i64) -> String {
+    let n = n.max(0) as f64;
+    if n < 1000.0 {
+        return format!("{n} B");
+    }
+    for (unit, scale) in [("kB", 1e3), ("MB", 1e6), ("GB", 1e9)] {
+        if n < scale * 1000.0 {
+            return format!("{:.1} {unit}", n / scale);
+        }
+    }
+    format!("{:.1} TB", n / 1e12)
+}
+
 /// Rows per second: "8,210/s", "12.5/s".
 pub fn rate(r: Option<f64>) -> String {
     match r {
@@ -154,6 +168,13 @@ pub fn eta(eta_secs: Option<f64>, status: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sizes() {
+        assert_eq!(bytes(812), "812 B");
+        assert_eq!(bytes(33_700), "33.7 kB");
+        assert_eq!(bytes(1_250_000), "1.2 MB");
+    }
 
     #[test]
     fn clipping_keeps_characters_whole() {

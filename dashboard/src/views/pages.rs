@@ -4,7 +4,8 @@
 use askama::Template;
 
 use crate::db::queries::{
-    BackfillRow, BatchRow, Control, ErrorGroup, EventRow, Rights, RowError, RunDetail, RunRow, Tab,
+    BackfillRow, BatchRow, ConflictRow, Control, ErrorGroup, EventRow, PreviewRow, Rights,
+    RowError, RunDetail, RunRow, Tab, UndoInfo,
 };
 use crate::error::AppError;
 use crate::views::{fmt, svg};
@@ -391,6 +392,172 @@ pub struct StartPage {
     pub note: String,
     pub error: Option<FormError>,
     pub reruns: Vec<RerunView>,
+    /// After Preview: what drip.preview returned, or its error.
+    pub preview: Option<PreviewView>,
+}
+
+/// `drip.preview`'s answer on the start form.
+#[derive(Clone, Debug, Default)]
+pub struct PreviewView {
+    pub rows: Vec<PreviewRowView>,
+    pub error: Option<FormError>,
+}
+
+/// One previewed row: its key and, per column that differs, the value before and after.
+#[derive(Clone, Debug)]
+pub struct PreviewRowView {
+    pub key: String,
+    pub deleted: bool,
+    pub cells: Vec<PreviewCell>,
+}
+
+#[derive(Clone, Debug)]
+pub struct PreviewCell {
+    pub column: String,
+    pub before: String,
+    pub after: String,
+    /// The value differs (highlighted); false for a column shown only for context.
+    pub changed: bool,
+}
+
+/// A jsonb value as a table cell shows it: text without quotes, NULL for null.
+fn cell_text(v: Option<&serde_json::Value>) -> String {
+    match v {
+        None | Some(serde_json::Value::Null) => "NULL".into(),
+        Some(serde_json::Value::String(s)) => fmt::clip(s, 200).0,
+        Some(other) => fmt::clip(&other.to_string(), 200).0,
+    }
+}
+
+impl PreviewRowView {
+    pub fn new(r: &PreviewRow) -> PreviewRowView {
+        let empty = serde_json::Map::new();
+        let before = r
+            .before
+            .as_ref()
+            .and_then(|v| v.as_object())
+            .unwrap_or(&empty);
+        let after = r.after.as_ref().and_then(|v| v.as_object());
+        let mut columns: Vec<&String> = before.keys().collect();
+        if let Some(a) = after {
+            columns.extend(a.keys().filter(|k| !before.contains_key(*k)));
+        }
+        let cells = columns
+            .into_iter()
+            .map(|c| {
+                let b = before.get(c);
+                let a = after.and_then(|a| a.get(c));
+                PreviewCell {
+                    column: c.clone(),
+                    before: cell_text(b),
+                    after: if after.is_some() {
+                        cell_text(a)
+                    } else {
+                        String::new()
+                    },
+                    changed: after.is_none() || b != a,
+                }
+            })
+            .collect();
+        PreviewRowView {
+            key: fmt::key(&r.key),
+            deleted: r.after.is_none(),
+            cells,
+        }
+    }
+}
+
+/// The undo card of a run page.
+#[derive(Clone, Debug, Default)]
+pub struct UndoView {
+    /// "kept", "purged", "none" (a run without undo data) or "revert" (a revert run).
+    pub state: &'static str,
+    pub rows: String,
+    pub bytes: String,
+    pub purged: Option<When>,
+    pub reverts: Option<i64>,
+    pub reverted_by: Option<i64>,
+    /// Empty when Revert may be offered; else why not.
+    pub revert_refused: String,
+    pub conflicts: Vec<ConflictView>,
+    pub conflict_count: String,
+}
+
+impl UndoView {
+    pub fn new(u: &UndoInfo, status: &str, read_only: bool, now: f64) -> UndoView {
+        let state = if u.reverts.is_some() {
+            "revert"
+        } else if u.purged_at.is_some() {
+            "purged"
+        } else if u.undo {
+            "kept"
+        } else {
+            "none"
+        };
+        let (rows, bytes) = match u.size {
+            Some((r, b)) => (fmt::count(r), fmt::bytes(b)),
+            None => (String::new(), String::new()),
+        };
+        let revert_refused = if read_only {
+            "read-only mode".to_string()
+        } else if state != "kept" {
+            String::new()
+        } else if u.reverted_by.is_some() {
+            "already reverted".to_string()
+        } else if !matches!(status, "completed" | "failed" | "stopped") {
+            format!("the run is {status}: only a finished, failed or stopped run can be reverted")
+        } else {
+            String::new()
+        };
+        UndoView {
+            state,
+            rows,
+            bytes,
+            purged: When::opt(u.purged_at, now),
+            reverts: u.reverts,
+            reverted_by: u.reverted_by,
+            revert_refused,
+            conflicts: Vec::new(),
+            conflict_count: String::new(),
+        }
+    }
+
+    /// Revert is offered (a button) on this run.
+    pub fn can_revert(&self) -> bool {
+        self.state == "kept" && self.revert_refused.is_empty()
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct ConflictView {
+    pub key: String,
+    pub reason: String,
+    pub current: String,
+    pub expected: String,
+    pub at: When,
+}
+
+impl ConflictView {
+    pub fn new(c: &ConflictRow, now: f64) -> ConflictView {
+        ConflictView {
+            key: fmt::key(&c.key),
+            reason: c.reason.clone(),
+            current: c.current.clone().unwrap_or_else(|| "(row gone)".into()),
+            expected: c.expected.clone(),
+            at: When::at(c.at, now),
+        }
+    }
+}
+
+/// The confirmation before `drip.revert`.
+#[derive(Template)]
+#[template(path = "revert.html")]
+pub struct RevertPage {
+    pub chrome: Chrome,
+    pub id: i64,
+    pub backfill: String,
+    pub status: String,
+    pub rows: String,
 }
 
 #[derive(Clone, Debug)]
@@ -525,6 +692,7 @@ pub struct RunPage {
     pub alter_open: bool,
     pub batch_size: i32,
     pub sleep: String,
+    pub undo: UndoView,
 }
 
 #[derive(Template)]
