@@ -4,12 +4,10 @@
 //! Used by `drip.preview`, which runs a backfill's real action and shows what it changed.
 
 use std::ffi::c_int;
-use std::panic::AssertUnwindSafe;
 use std::time::Duration;
 
 use pgrx::pg_sys;
 use pgrx::pg_sys::panic::CaughtError;
-use pgrx::prelude::*;
 use pgrx::PgSqlErrorCode;
 
 /// An ERROR raised inside the scratch work, as Postgres reported it.
@@ -25,45 +23,16 @@ pub struct Caught {
 /// hold memory allocated by Postgres inside `f` (it is freed with the subtransaction): copy
 /// results into Rust values first.
 pub fn rolled_back<R>(f: impl FnOnce() -> R) -> Result<R, Caught> {
-    // SAFETY: callers are SQL functions, so a transaction is in progress. As PL/pgSQL does for
-    // an exception block, we save the memory context and resource owner, and put them back
-    // after the subtransaction ends (ending it leaves the parent's values current only for the
-    // transaction machinery).
-    let (context, owner) = unsafe {
-        let context = pg_sys::CurrentMemoryContext;
-        let owner = pg_sys::CurrentResourceOwner;
-        pg_sys::BeginInternalSubTransaction(std::ptr::null());
-        pg_sys::MemoryContextSwitchTo(context);
-        (context, owner)
-    };
-    let f = AssertUnwindSafe(f);
-    let result = PgTryBuilder::new(move || {
-        let f = f;
-        Ok((f.0)())
+    super::subxact::in_subtransaction(f, true, |e| match e {
+        CaughtError::PostgresError(r)
+        | CaughtError::ErrorReport(r)
+        | CaughtError::RustPanic { ereport: r, .. } => Caught {
+            sqlstate: r.sql_error_code(),
+            message: r.message().to_string(),
+            detail: r.detail().map(str::to_string),
+            hint: r.hint().map(str::to_string),
+        },
     })
-    .catch_others(|e| {
-        Err(match e {
-            CaughtError::PostgresError(r)
-            | CaughtError::ErrorReport(r)
-            | CaughtError::RustPanic { ereport: r, .. } => Caught {
-                sqlstate: r.sql_error_code(),
-                message: r.message().to_string(),
-                detail: r.detail().map(str::to_string),
-                hint: r.hint().map(str::to_string),
-            },
-        })
-    })
-    .execute();
-    // SAFETY: rolls back exactly the subtransaction begun above (also after an ERROR, which
-    // PgTry caught, as PL/pgSQL's exception handler does), then puts the caller's memory
-    // context and resource owner back.
-    unsafe {
-        pg_sys::MemoryContextSwitchTo(context);
-        pg_sys::RollbackAndReleaseCurrentSubTransaction();
-        pg_sys::MemoryContextSwitchTo(context);
-        pg_sys::CurrentResourceOwner = owner;
-    }
-    result
 }
 
 /// `STATEMENT_TIMEOUT` in `enum TimeoutId` (utils/timeout.h); the same value on PG 13 to 18.

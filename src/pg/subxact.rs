@@ -5,6 +5,7 @@
 use std::panic::AssertUnwindSafe;
 
 use pgrx::pg_sys;
+use pgrx::pg_sys::panic::CaughtError;
 use pgrx::prelude::*;
 
 use super::transaction::TxError;
@@ -12,6 +13,18 @@ use super::transaction::TxError;
 /// Run `f` in a subtransaction. On an ERROR the subtransaction is rolled back and the error
 /// returned; the enclosing transaction is intact either way.
 pub fn try_in_subtransaction<R>(f: impl FnOnce() -> R) -> Result<R, TxError> {
+    in_subtransaction(f, false, TxError::from)
+}
+
+/// Run `f` in a subtransaction that ends by `RELEASE` when `f` returns (unless `rollback`) and
+/// by a rollback when it raises or `rollback` is set; an ERROR is caught and mapped by `caught`.
+/// The one place that begins and ends subtransactions: `try_in_subtransaction` keeps the work,
+/// `scratch::rolled_back` always undoes it.
+pub(crate) fn in_subtransaction<R, E>(
+    f: impl FnOnce() -> R,
+    rollback: bool,
+    caught: fn(CaughtError) -> E,
+) -> Result<R, E> {
     // SAFETY: we are inside a transaction (callers run in a batch transaction or a SQL
     // function). We save the memory context and resource owner and restore them after the
     // subtransaction ends, as PL/pgSQL does, because both Release and RollbackAndRelease leave
@@ -28,17 +41,17 @@ pub fn try_in_subtransaction<R>(f: impl FnOnce() -> R) -> Result<R, TxError> {
         let f = f;
         Ok((f.0)())
     })
-    .catch_others(|e| Err(TxError::from(e)))
+    .catch_others(move |e| Err(caught(e)))
     .execute();
-    // SAFETY: exactly one of release or rollback for the subtransaction begun above, then the
+    // SAFETY: exactly one of release or rollback for the subtransaction begun above (a rollback
+    // also after an ERROR, which PgTry caught, as PL/pgSQL's exception handler does), then the
     // caller's memory context and resource owner are put back.
     unsafe {
-        match &result {
-            Ok(_) => pg_sys::ReleaseCurrentSubTransaction(),
-            Err(_) => {
-                pg_sys::MemoryContextSwitchTo(context);
-                pg_sys::RollbackAndReleaseCurrentSubTransaction();
-            }
+        if result.is_ok() && !rollback {
+            pg_sys::ReleaseCurrentSubTransaction();
+        } else {
+            pg_sys::MemoryContextSwitchTo(context);
+            pg_sys::RollbackAndReleaseCurrentSubTransaction();
         }
         pg_sys::MemoryContextSwitchTo(context);
         pg_sys::CurrentResourceOwner = owner;
