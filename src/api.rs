@@ -667,8 +667,10 @@ fn start_planned(
         .undo
         .unwrap_or_else(|| definition.get("undo").and_then(Value::as_bool) == Some(true));
     crate::undo::check_supported(&compiled, undo)?;
+    let relation = pg_sys::Oid::from(def.relation_oid);
+    let placement = Placement::of(relation)?;
     if undo {
-        Placement::of(pg_sys::Oid::from(def.relation_oid))?.check_undo(&compiled.relation)?;
+        placement.check_undo(&compiled.relation)?;
     }
     let decls: Vec<params::ParamDecl> = compiled.params.iter().map(|(d, _)| d.clone()).collect();
     let values = values.map(|j| j.0).unwrap_or(Value::Null);
@@ -693,18 +695,13 @@ fn start_planned(
         None if range.follow_inserts => None,
         None => largest_key(&compiled)?,
     };
-    // Slices come from the split keys actually found: a range with fewer keys than requested
-    // slices gets fewer slices, and one with a single key (or none) runs as a plain run. The
-    // stored `parallel` and the slice rows always agree, so no key range has two workers.
     // On a hash-distributed Citus table walked by its distribution column: one sub-run per
     // shard, whatever `parallel` says (see distribution::shard_walk).
-    let relation = pg_sys::Oid::from(def.relation_oid);
-    let key_columns: Vec<(String, pg_sys::Oid)> = compiled
-        .keys
-        .iter()
-        .map(|k| (k.name.clone(), k.type_oid))
-        .collect();
-    let shard_slices = Placement::of(relation)?.shard_slices(relation, &key_columns)?;
+    let shard_slices = placement.shard_slices(relation, &compiled.keys)?;
+    // Otherwise slices come from the split keys actually found: a range with fewer keys than
+    // requested slices gets fewer slices, and one with a single key (or none) runs as a plain
+    // run. The stored `parallel` and the slice rows always agree, so no key range has two
+    // workers.
     let splits = if shard_slices.is_none() && range.parallel > 1 {
         split_points(
             &compiled,

@@ -160,12 +160,7 @@ fn distributed_plan(
     let Placement::Citus(table) = &placement else {
         return Ok(row);
     };
-    let key_columns: Vec<(String, pg_sys::Oid)> = compiled
-        .keys
-        .iter()
-        .map(|k| (k.name.clone(), k.type_oid))
-        .collect();
-    let shards = placement.shard_slices(relation, &key_columns)?;
+    let shards = placement.shard_slices(relation, &compiled.keys)?;
     let mut text = format!(
         "Citus {} table: {} shard(s) on {} node(s)",
         table.kind.as_str(),

@@ -30,6 +30,7 @@ pub mod shard_walk;
 use pgrx::pg_sys;
 use serde_json::Value;
 
+use crate::compile::KeyColumn;
 use crate::error::DripResult;
 
 /// How Citus holds a table (`pg_dist_partition`).
@@ -146,15 +147,15 @@ impl Placement {
     pub fn shard_slices(
         &self,
         relation: pg_sys::Oid,
-        key: &[(String, pg_sys::Oid)],
+        key: &[KeyColumn],
     ) -> DripResult<Option<Vec<citus::ShardSlice>>> {
         let Placement::Citus(table) = self else {
             return Ok(None);
         };
         let walkable = crate::guc::CITUS_SUB_RUNS.get()
             && table.kind == CitusKind::Distributed
-            && matches!(key, [(name, oid)] if Some(name) == table.column.as_ref()
-                && shard_walk::array_type(*oid).is_some());
+            && matches!(key, [k] if Some(&k.name) == table.column.as_ref()
+                && shard_walk::array_type(k.type_oid).is_some());
         if !walkable {
             return Ok(None);
         }
@@ -163,7 +164,7 @@ impl Placement {
             return Ok(None);
         }
         // Keys too sparse for windows of integers: walk from the coordinator.
-        let (rows, span) = citus::rows_and_key_span(relation, &key[0].0)?;
+        let (rows, span) = citus::rows_and_key_span(relation, &key[0].name)?;
         if !shard_walk::dense_enough(rows, span) {
             pgrx::notice!(
                 "data_drip: the keys of this table are too sparse for one sub-run per shard \
